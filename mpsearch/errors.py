@@ -23,9 +23,7 @@ class UnknownNameError(MpsearchError, KeyError):
         self.available = sorted(available)
         close = difflib.get_close_matches(name, self.available, n=3, cutoff=0.6)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        shown = ", ".join(self.available[:40])
-        if len(self.available) > 40:
-            shown += f", ... ({len(self.available)} in all; see 'mpsearch plugins list')"
+        shown = ", ".join(_summarise(self.available))
         super().__init__(f"unknown {kind} {name!r}.{hint} Available: {shown or '(none)'}.")
 
     def __str__(self) -> str:  # KeyError would repr() the message
@@ -46,3 +44,19 @@ class AssignmentError(MpsearchError, ValueError):
 
 class DatasetError(MpsearchError):
     """A dataset path that is missing or not in the expected layout."""
+
+
+def _summarise(names: list[str], per_namespace: int = 5) -> list[str]:
+    """Names, with large namespaces (``torchvision:*``) folded into one item."""
+    spaces: dict[str, list[str]] = {}
+    for n in names:
+        if ":" in n:
+            spaces.setdefault(n.split(":", 1)[0], []).append(n)
+    shown = []
+    for n in names:
+        space = n.split(":", 1)[0] if ":" in n else None
+        if space is None or len(spaces[space]) <= per_namespace:
+            shown.append(n)
+        elif spaces[space][0] == n:
+            shown.append(f"{space}:<name> ({len(spaces[space])} names, e.g. {spaces[space][0]})")
+    return shown

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -37,3 +38,8 @@ def host():
     from mpsearch.host import PluginHost
 
     return PluginHost(entry_points=False)
+
+
+# Tests run the eager fake-quantization kernels unless a test asks for compiled ones:
+# compiling on the CPU takes seconds per kernel variant.
+os.environ.setdefault("MPSEARCH_COMPILE", "off")

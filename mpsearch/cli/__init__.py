@@ -1,0 +1,93 @@
+"""The ``mpsearch`` command line: one module per subcommand.
+
+Errors a user can act on (:class:`mpsearch.errors.MpsearchError`) print as one
+line and exit with status 1; ``--debug`` shows the traceback instead. Plugins
+add subcommands through the ``register_commands`` hook.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from mpsearch.errors import MpsearchError
+
+
+class State:
+    """What the group's options decide, shared with every subcommand."""
+
+    def __init__(self, plugins: tuple[str, ...], debug: bool):
+        self.plugins, self.debug = plugins, debug
+        self._host = None
+
+    @property
+    def host(self):
+        if self._host is None:
+            from mpsearch.host import PluginHost
+
+            self._host = PluginHost(self.plugins)
+        return self._host
+
+
+class PluginGroup(click.Group):
+    """A group that lets plugins add commands once ``--plugin`` options are known."""
+
+    _plugins_added = False
+
+    def _add_plugin_commands(self, ctx: click.Context) -> None:
+        if self._plugins_added:
+            return
+        self._plugins_added = True
+        _state(ctx).host.add_commands(self)
+
+    def get_command(self, ctx: click.Context, cmd_name: str):
+        command = super().get_command(ctx, cmd_name)
+        if command is None and not ctx.resilient_parsing:
+            _guard(ctx, lambda: self._add_plugin_commands(ctx))
+            command = super().get_command(ctx, cmd_name)
+        return command
+
+    def invoke(self, ctx: click.Context):
+        return _guard(ctx, lambda: super(PluginGroup, self).invoke(ctx))
+
+
+def _guard(ctx: click.Context, fn):
+    try:
+        return fn()
+    except MpsearchError as exc:
+        if ctx.params.get("debug"):
+            raise
+        raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=PluginGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--plugin", "plugins", multiple=True, metavar="MODULE_OR_PATH",
+              help="Load a plugin module (dotted name or .py file) for this run. Repeatable.")
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@click.version_option(package_name="mpsearch")
+@click.pass_context
+def cli(ctx: click.Context, plugins: tuple[str, ...], debug: bool) -> None:
+    """Search mixed-precision quantization of neural networks."""
+    _state(ctx)
+
+
+def _state(ctx: click.Context) -> State:
+    if ctx.obj is None:
+        ctx.obj = State(tuple(ctx.params.get("plugins") or ()), bool(ctx.params.get("debug")))
+    return ctx.obj
+
+
+def _register_builtin_commands() -> None:
+    from mpsearch.cli import cost, plugins_cmd
+
+    cli.add_command(plugins_cmd.plugins)
+    cli.add_command(cost.cost)
+
+
+_register_builtin_commands()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point."""
+    cli.main(args=argv if argv is not None else sys.argv[1:], prog_name="mpsearch")

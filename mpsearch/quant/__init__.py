@@ -1,0 +1,24 @@
+"""The quantization engine every strategy shares.
+
+- :mod:`~mpsearch.quant.granularity`: which weights share a width.
+- :mod:`~mpsearch.quant.bitwidth`: fixed and learnable (fractional) widths.
+- :mod:`~mpsearch.quant.functional`: the fake-quantization kernel.
+- :mod:`~mpsearch.quant.quantizers`: min-max, DoReFa, PACT and the Quantizer interface.
+- :mod:`~mpsearch.quant.modules`: swapping layers for quantized ones and back.
+"""
+
+from mpsearch.quant.bitwidth import BitWidth, FixedBits, LearnableBits, bit_parameters
+from mpsearch.quant.functional import compile_mode, fake_quant, set_compile
+from mpsearch.quant.granularity import GRANULARITIES, bits_shape
+from mpsearch.quant.modules import (QuantConv2d, QuantLinear, assignment_from_model, freeze_bits,
+                                    quantize_model, quantized_layers, quantizers, restore_model)
+from mpsearch.quant.quantizers import (DoReFaQuantizer, MinMaxQuantizer, PACTQuantizer, Quantizer,
+                                       WidthQuantizer)
+
+__all__ = [
+    "BitWidth", "FixedBits", "LearnableBits", "bit_parameters", "compile_mode", "fake_quant",
+    "set_compile", "GRANULARITIES", "bits_shape", "QuantConv2d", "QuantLinear",
+    "assignment_from_model", "freeze_bits", "quantize_model", "quantized_layers", "quantizers",
+    "restore_model", "DoReFaQuantizer", "MinMaxQuantizer", "PACTQuantizer", "Quantizer",
+    "WidthQuantizer",
+]

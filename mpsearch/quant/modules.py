@@ -1,0 +1,137 @@
+"""Swapping a model's layers for quantized ones and back, and reading its assignment.
+
+:func:`quantize_model` turns every profiled ``nn.Conv2d``/``nn.Linear`` into a
+:class:`QuantConv2d`/:class:`QuantLinear` in place: the same module object, with
+the same parameters and name, gains a ``weight_quantizer`` and an
+``input_quantizer``. :func:`restore_model` undoes it. Only plain ``nn.Conv2d`` and
+``nn.Linear`` are swapped; other subclasses raise, because their ``forward``
+cannot be known to use ``self.weight``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mpsearch.assignment import MAX_BITS, PrecisionAssignment
+from mpsearch.errors import MpsearchError
+from mpsearch.profile import LayerProfile, ModelProfile
+from mpsearch.quant.bitwidth import BitWidth, FixedBits
+from mpsearch.quant.quantizers import Quantizer
+
+QuantizerFactory = Callable[[LayerProfile], Quantizer | None]
+
+
+class _QuantMixin:
+    weight_quantizer: Quantizer | None
+    input_quantizer: Quantizer | None
+
+    def _inputs(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.input_quantizer is None else self.input_quantizer(x)
+
+    def _weight(self) -> torch.Tensor:
+        w = self.weight
+        return w if self.weight_quantizer is None else self.weight_quantizer(w)
+
+
+class QuantConv2d(_QuantMixin, nn.Conv2d):
+    """An ``nn.Conv2d`` whose weights and input pass through quantizers."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(self._inputs(x), self._weight(), self.bias)
+
+
+class QuantLinear(_QuantMixin, nn.Linear):
+    """An ``nn.Linear`` whose weights and input pass through quantizers."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self._inputs(x), self._weight(), self.bias)
+
+
+_SWAP = {nn.Conv2d: QuantConv2d, nn.Linear: QuantLinear}
+_BACK = {v: k for k, v in _SWAP.items()}
+
+
+def quantize_model(model: nn.Module, profile: ModelProfile, weight: QuantizerFactory,
+                   activation: QuantizerFactory) -> nn.Module:
+    """Give every profiled layer the quantizers the factories make (None: leave float).
+
+    The model is changed in place and returned. Quantizers are created on the
+    device of the layer's weight.
+    """
+    modules = dict(model.named_modules())
+    for layer in profile:
+        module = modules.get(layer.name)
+        if module is None:
+            raise MpsearchError(f"layer {layer.name!r} of the profile is not in the model.")
+        cls = type(module)
+        if cls in _BACK:
+            raise MpsearchError(f"layer {layer.name!r} is already quantized; restore_model() first.")
+        if cls not in _SWAP:
+            raise MpsearchError(f"layer {layer.name!r} is a {cls.__name__}; only plain nn.Conv2d "
+                                f"and nn.Linear layers can be quantized.")
+        device = module.weight.device
+        wq, aq = weight(layer), activation(layer)
+        module.__class__ = _SWAP[cls]
+        module.weight_quantizer = wq.to(device) if wq is not None else None
+        module.input_quantizer = aq.to(device) if aq is not None else None
+    return model
+
+
+def restore_model(model: nn.Module) -> nn.Module:
+    """Turn quantized layers back into plain ones (parameters kept, quantizers dropped)."""
+    for module in model.modules():
+        if type(module) in _BACK:
+            del module.weight_quantizer
+            del module.input_quantizer
+            module.__class__ = _BACK[type(module)]
+    return model
+
+
+def quantized_layers(model: nn.Module) -> dict[str, _QuantMixin]:
+    """Layer name -> quantized layer, in module order."""
+    return {name: m for name, m in model.named_modules() if type(m) in _BACK}
+
+
+def quantizers(model: nn.Module) -> dict[str, Quantizer]:
+    """Group name (``"layer:weight"``, ``"layer:input"``) -> its quantizer."""
+    found: dict[str, Quantizer] = {}
+    for name, layer in quantized_layers(model).items():
+        if layer.weight_quantizer is not None:
+            found[f"{name}:weight"] = layer.weight_quantizer
+        if layer.input_quantizer is not None:
+            found[f"{name}:input"] = layer.input_quantizer
+    return found
+
+
+def assignment_from_model(model: nn.Module, profile: ModelProfile, **meta) -> PrecisionAssignment:
+    """The precision assignment a quantized model runs at now.
+
+    Groups without a quantizer are float: 32 bits. Each weight group records its
+    quantizer's ``scale_bits``.
+    """
+    qs = quantizers(model)
+    bits, scale = {}, {}
+    for group in profile.group_shapes():
+        q = qs.get(group)
+        bits[group] = MAX_BITS if q is None else q.integer_bits()
+        if q is not None and q.scale_bits():
+            scale[group] = q.scale_bits()
+    return PrecisionAssignment(bits, profile.group_shapes(), scale, meta)
+
+
+def freeze_bits(model: nn.Module) -> None:
+    """Replace every learnable width by its integer value (shared widths stay shared).
+
+    Read the result with :func:`assignment_from_model`.
+    """
+    frozen: dict[int, BitWidth] = {}
+    for q in quantizers(model).values():
+        bits = getattr(q, "bits", None)
+        if isinstance(bits, BitWidth) and bits.fractional:
+            if id(bits) not in frozen:
+                frozen[id(bits)] = FixedBits(bits.discrete()).to(bits().device)
+            q.bits = frozen[id(bits)]

@@ -1,0 +1,111 @@
+"""Quantizers: modules that fake-quantize one tensor (a layer's weights or its input).
+
+:class:`Quantizer` is the interface every quantizer implements, including those
+later strategies bring (SMOL's odd grid, AdaPT's fixed point with stochastic
+rounding, ALQ's binary bases): ``forward`` returns the fake-quantized tensor,
+:meth:`Quantizer.integer_bits` the widths an integer deployment would use now,
+and :meth:`Quantizer.scale_bits` the storage its own parameters need.
+
+The three quantizers here take their widths from a :class:`BitWidth` and use the
+shared uniform-grid kernel of :mod:`mpsearch.quant.functional`, with integer
+widths (fixed) or fractional ones (learnable, interpolated).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+from torch import nn
+
+from mpsearch.assignment import Bits
+from mpsearch.quant.bitwidth import BitWidth, FixedBits
+from mpsearch.quant.functional import fake_quant
+
+
+class Quantizer(nn.Module, ABC):
+    """Fake-quantizes one tensor. Runs inside the training step: no host syncs."""
+
+    @abstractmethod
+    def forward(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    @abstractmethod
+    def integer_bits(self) -> Bits:
+        """The widths (0-32, int or integer tensor) an integer deployment would use now."""
+
+    def scale_bits(self) -> int:
+        """Bits this quantizer stores besides the quantized values (scales, offsets)."""
+        return 0
+
+
+class WidthQuantizer(Quantizer):
+    """A quantizer whose widths come from a :class:`BitWidth` module."""
+
+    def __init__(self, bits: BitWidth):
+        super().__init__()
+        self.bits = bits
+
+    def integer_bits(self) -> Bits:
+        return self.bits.discrete()
+
+    def _quantize(self, x, lo, scale, out_lo, out_scale, **kw) -> torch.Tensor:
+        fixed = isinstance(self.bits, FixedBits)
+        return fake_quant(x, self.bits(), lo, scale, out_lo, out_scale,
+                          fractional=self.bits.fractional,
+                          pruning=fixed and self.bits.pruning, **kw)
+
+
+class MinMaxQuantizer(WidthQuantizer):
+    """Uniform quantization between the tensor's minimum and maximum (BitPruning, Sec. II-A).
+
+    ``Q(V, n) = L_min + round((V - L_min) / S) * S`` with ``S = (L_max - L_min) / (2**n - 1)``,
+    where ``L_min``/``L_max`` are the tensor's extremes (for activations: of the
+    batch). The extremes are treated as constants and rounding passes gradients
+    straight through. Stores ``L_min`` and ``L_max`` as float32 (64 bits).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lo, hi = torch.aminmax(x.detach())
+        scale = (hi - lo).clamp_min(torch.finfo(x.dtype).tiny)
+        return self._quantize(x, lo, scale, lo, scale)
+
+    def scale_bits(self) -> int:
+        return 64
+
+
+class DoReFaQuantizer(WidthQuantizer):
+    """DoReFa weight quantization (Zhou et al. 2016), as FracBits uses it.
+
+    ``W~ = tanh(W) / (2 max|tanh(W)|) + 1/2`` and ``Q_W = 2 q_n(W~) - 1`` with
+    ``q_n(x) = round((2**n - 1) x) / (2**n - 1)``. The maximum is treated as a
+    constant. Weights are represented in ``[-1, 1]`` with no stored scale.
+    """
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        t = torch.tanh(w)
+        m = t.detach().abs().max().clamp_min(torch.finfo(w.dtype).tiny)
+        return self._quantize(t, -m, 2 * m, -1.0, 2.0)
+
+
+class PACTQuantizer(WidthQuantizer):
+    """PACT activation quantization (Choi et al. 2018) with a learnable clip ``alpha``.
+
+    ``y = clip(x, 0, alpha)``, ``Q = alpha * q_n(y / alpha)``; the gradient with
+    respect to ``alpha`` is PACT's: 1 where ``x >= alpha``, 0 elsewhere. With
+    ``two_sided`` the clip is ``[-alpha, alpha]`` (for inputs no ReLU precedes, as
+    FracBits does for MobileNetV2) and ``x <= -alpha`` contributes -1.
+    """
+
+    def __init__(self, bits: BitWidth, alpha: float = 10.0, two_sided: bool = False):
+        super().__init__(bits)
+        self.alpha = nn.Parameter(torch.tensor(float(alpha)))
+        self.two_sided = bool(two_sided)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.alpha.abs().clamp_min(1e-4)
+        if self.two_sided:
+            return self._quantize(x, -a, 2 * a, -a, 2 * a, alpha=self.alpha, two_sided=True)
+        return self._quantize(x, torch.zeros_like(a), a, torch.zeros_like(a), a, alpha=self.alpha)
+
+    def extra_repr(self) -> str:
+        return f"two_sided={self.two_sided}"

@@ -1,0 +1,13 @@
+"""``import mpsearch`` stays light: no Ray, no Optuna, no CUDA initialisation."""
+
+import subprocess
+import sys
+
+
+def test_import_mpsearch_is_lean():
+    code = ("import sys, mpsearch, mpsearch.host, mpsearch.quant, mpsearch.objectives\n"
+            "import torch\n"
+            "heavy = [m for m in ('ray', 'optuna') if m in sys.modules]\n"
+            "print(heavy, torch.cuda.is_initialized())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[] False"
