@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,10 +26,15 @@ def shared_datasets() -> Path:
         pytest.skip(f"real datasets not found at {SHARED_DATASETS}")
     done = UNPACKED / ".unpacked"
     if not done.is_file():
-        UNPACKED.mkdir(exist_ok=True)
-        subprocess.run([sys.executable, str(SHARED_DATASETS / "unpack.py"), str(UNPACKED)],
+        # unpack beside, then rename: a concurrent session never sees a half-written tree
+        staging = ROOT / f".data.{os.getpid()}"
+        subprocess.run([sys.executable, str(SHARED_DATASETS / "unpack.py"), str(staging)],
                        check=True, capture_output=True)
-        done.write_text("mnist cifar10\n")
+        (staging / ".unpacked").write_text("mnist cifar10\n")
+        try:
+            os.rename(staging, UNPACKED)
+        except OSError:  # another session won the race
+            shutil.rmtree(staging, ignore_errors=True)
     return UNPACKED
 
 

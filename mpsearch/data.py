@@ -1,0 +1,520 @@
+"""Datasets: the interface dataset plugins implement, and the in-memory data trials train on.
+
+The datasets mpsearch targets are small (MNIST, CIFAR-10), so a split lives on the
+trial's device as one uint8 tensor. Batches are slices of it taken through a
+permutation, and normalisation and augmentation run on the device, batched: no
+DataLoader, no worker processes, no per-sample Python.
+
+Folders of image files (CIFAR-10 as JPEGs, a user's ImageFolder tree) are decoded
+once and cached as tensors under :func:`cache_dir`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mpsearch.errors import DatasetError, MpsearchError, UnknownNameError
+
+SPLITS: tuple[str, ...] = ("train", "test")
+AUGMENTATIONS: tuple[str, ...] = ("crop-flip",)
+CROP_PADDING = 4
+
+#: Suffixes read as images in folders (those of torchvision's ImageFolder, plus GIF).
+IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".pbm", ".bmp",
+                                     ".gif", ".tif", ".tiff", ".webp")
+
+_CACHE_FORMAT = 1
+
+
+class DatasetSource(ABC):
+    """Where a dataset comes from and how to read it into an :class:`ImageData`.
+
+    Lifecycle: a plugin registers one instance per process when the host loads;
+    it must be stateless (a trial may run in another process, which registers
+    its own). :meth:`load` is called in the process that runs a trial, so it may
+    be slow once (decoding, then caching) but must not rely on anything the
+    driver process did.
+
+    Attributes:
+        description: one line, citing the dataset's paper.
+        layout: the expected on-disk layout under the root, quoted in errors.
+        needs_root: False for data embedded in the package.
+        augment: the default train-time augmentation, ``None`` or ``"crop-flip"``.
+        options: the keyword options :meth:`load` accepts.
+    """
+
+    description: str = ""
+    layout: str = ""
+    needs_root: bool = True
+    augment: str | None = None
+    options: tuple[str, ...] = ()
+
+    @abstractmethod
+    def load(self, root: Path | None, split: str, **options: Any) -> ImageData:
+        """Read one split.
+
+        Args:
+            root: the data root (from :func:`resolve_root`); ignored when
+                ``needs_root`` is False.
+            split: ``"train"`` or ``"test"``.
+            **options: source-specific, named in :attr:`options`.
+
+        Raises:
+            DatasetError: the root is missing or not in :attr:`layout`.
+        """
+
+    def check_args(self, split: str, options: dict[str, Any]) -> None:
+        """Reject an unknown split or option name (for implementations of :meth:`load`)."""
+        if split not in SPLITS:
+            raise UnknownNameError("split", split, SPLITS)
+        for name in options:
+            if name not in self.options:
+                raise UnknownNameError("dataset option", name, self.options)
+
+    def require_root(self, root: Path | str | None, what: str) -> Path:
+        """``root`` as a Path, or a :class:`DatasetError` when it is not a folder."""
+        if root is None:
+            raise DatasetError(f"{what} needs a data root; expected {self.layout}.")
+        path = Path(root)
+        if not path.is_dir():
+            raise DatasetError(f"{what} not found: {path} is not a folder; expected {self.layout}.")
+        return path
+
+
+def resolve_root(root: str | Path | None) -> Path:
+    """The data root: ``root`` if given, else ``$MPSEARCH_DATA``, else ``./data``.
+
+    The result is absolute, because trials may run with another working
+    directory; whether it exists is the source's concern.
+    """
+    if root is None or str(root) == "":
+        root = os.environ.get("MPSEARCH_DATA") or "data"
+    return Path(root).expanduser().absolute()
+
+
+@dataclass(frozen=True, eq=False)
+class ImageData:
+    """One split of an image dataset, held as a single uint8 tensor.
+
+    Attributes:
+        images: uint8, ``(N, C, H, W)``.
+        labels: int64, ``(N,)``, indices into ``classes``.
+        classes: class names, in label order.
+        mean: per channel, in [0, 1] units, subtracted when normalising.
+        std: per channel, in [0, 1] units, divided by when normalising.
+    """
+
+    images: torch.Tensor = field(repr=False)
+    labels: torch.Tensor = field(repr=False)
+    classes: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        # Shapes and dtypes only: checking label values would sync a device.
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+            raise ValueError(f"images must be uint8 (N, C, H, W), not {self.images.dtype} "
+                             f"{tuple(self.images.shape)}")
+        if self.labels.dtype != torch.int64 or self.labels.shape != self.images.shape[:1]:
+            raise ValueError(f"labels must be int64 ({self.images.shape[0]},), not "
+                             f"{self.labels.dtype} {tuple(self.labels.shape)}")
+        if self.labels.device != self.images.device:
+            raise ValueError("images and labels must be on the same device")
+        channels = self.images.shape[1]
+        if len(self.mean) != channels or len(self.std) != channels:
+            raise ValueError(f"mean and std need {channels} values, one per channel")
+        object.__setattr__(self, "classes", tuple(self.classes))
+        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
+        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __repr__(self) -> str:
+        c, h, w = self.input_shape
+        return (f"ImageData({len(self)} images {c}x{h}x{w}, {self.num_classes} classes, "
+                f"device={self.device})")
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of one image."""
+        c, h, w = self.images.shape[1:]
+        return (int(c), int(h), int(w))
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def device(self) -> torch.device:
+        return self.images.device
+
+    def to(self, device: torch.device | str) -> ImageData:
+        """The same data on ``device`` (self if it is already there)."""
+        device = torch.device(device)
+        if device == self.device:
+            return self
+        return replace(self, images=self.images.to(device), labels=self.labels.to(device))
+
+    def subset(self, indices: torch.Tensor) -> ImageData:
+        """The images at ``indices`` (int64), in that order."""
+        indices = torch.as_tensor(indices, dtype=torch.int64).to(self.device)
+        return replace(self, images=self.images.index_select(0, indices),
+                       labels=self.labels.index_select(0, indices))
+
+    def split(self, fraction: float, seed: int) -> tuple[ImageData, ImageData]:
+        """A deterministic stratified hold-out.
+
+        Args:
+            fraction: the share of every class to hold out, in (0, 1); each
+                class gives ``round(fraction * count)`` images.
+            seed: the same seed gives the same split, on any device.
+
+        Returns:
+            ``(rest, held_out)``: disjoint, each in the original order.
+        """
+        if not 0.0 < float(fraction) < 1.0:
+            raise MpsearchError(f"hold-out fraction {fraction!r} must lie strictly between "
+                                f"0 and 1.")
+        labels = self.labels.cpu()
+        n = len(labels)
+        generator = torch.Generator().manual_seed(int(seed))
+        perm = torch.randperm(n, generator=generator)
+        # A stable sort by label keeps the random order within each class.
+        grouped = perm[torch.sort(labels[perm], stable=True).indices]
+        counts = torch.bincount(labels, minlength=self.num_classes)
+        take = torch.floor(counts.double() * float(fraction) + 0.5).long()
+        starts = torch.cumsum(counts, 0) - counts
+        rank = torch.arange(n) - starts.repeat_interleave(counts)
+        held = rank < take.repeat_interleave(counts)
+        return (self.subset(grouped[~held].sort().values),
+                self.subset(grouped[held].sort().values))
+
+    def class_counts(self) -> torch.Tensor:
+        """Images per class, int64 ``(num_classes,)``, on the data's device."""
+        return torch.bincount(self.labels, minlength=self.num_classes)
+
+    def batches(self, batch_size: int, *, shuffle: bool = False,
+                generator: torch.Generator | None = None, augment: str | None = None,
+                drop_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One epoch of ``(x, y)`` batches on the data's device.
+
+        ``x`` is float32, ``(x / 255 - mean) / std``; ``y`` is int64. Batches are
+        slices of the uint8 tensor through a permutation drawn from ``generator``
+        (which may live on the CPU or on the data's device); all random draws of
+        the epoch are made up front, so the same seed gives the same epoch.
+
+        Args:
+            batch_size: images per batch; the last one may be smaller.
+            shuffle: visit the images in a random order.
+            generator: the source of randomness (the default one if None).
+            augment: ``None`` or ``"crop-flip"``: a random crop of the image
+                zero-padded by 4 pixels, then a random horizontal flip.
+            drop_last: skip a last batch smaller than ``batch_size``.
+        """
+        if augment is not None and augment not in AUGMENTATIONS:
+            raise UnknownNameError("augmentation", augment, AUGMENTATIONS)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise MpsearchError(f"batch size {batch_size!r} must be a positive integer.")
+        return self._batches(batch_size, shuffle, generator, augment, drop_last)
+
+    def _batches(self, batch_size: int, shuffle: bool, generator: torch.Generator | None,
+                 augment: str | None, drop_last: bool
+                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n, device = len(self), self.device
+        rng = generator.device if generator is not None else device
+        order = None
+        if shuffle:
+            order = torch.randperm(n, generator=generator, device=rng).to(device)
+        if augment == "crop-flip":
+            # Drawn for the whole epoch at once: one transfer, not one per batch,
+            # and the draws do not depend on the batch size.
+            span = 2 * CROP_PADDING + 1
+            shifts = torch.randint(0, span, (n, 2), generator=generator, device=rng).to(device)
+            flips = torch.randint(0, 2, (n,), generator=generator, device=rng).to(device) == 1
+        scale = torch.tensor([1.0 / (255.0 * s) for s in self.std], device=device).view(1, -1, 1, 1)
+        offset = torch.tensor([m / s for m, s in zip(self.mean, self.std)],
+                              device=device).view(1, -1, 1, 1)
+        end = n - n % batch_size if drop_last else n
+        for start in range(0, end, batch_size):
+            stop = min(start + batch_size, n)
+            if order is None:
+                x, y = self.images[start:stop], self.labels[start:stop]
+            else:
+                index = order[start:stop]
+                x, y = self.images.index_select(0, index), self.labels.index_select(0, index)
+            x = x.float()
+            if augment == "crop-flip":
+                # On float: the CPU's indexing kernels are several times slower on uint8.
+                x = crop_flip(x, shifts[start:stop], flips[start:stop])
+            yield x.mul_(scale).sub_(offset), y
+
+
+def crop_flip(images: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor,
+              padding: int = CROP_PADDING) -> torch.Tensor:
+    """Crop every image from its zero-padded copy, then maybe mirror it, all batched.
+
+    Args:
+        images: ``(B, C, H, W)``, any dtype.
+        shifts: int64 ``(B, 2)``, the crop's top-left corner (row, column) in the
+            padded image, each in ``[0, 2 * padding]``; ``(padding, padding)``
+            is the original image.
+        flips: bool ``(B,)``, mirror left-right.
+        padding: zeros added on every side before cropping.
+
+    Returns:
+        ``(B, C, H, W)``, same dtype and device as ``images``.
+    """
+    b, _, h, w = images.shape
+    padded = F.pad(images, (padding, padding, padding, padding))
+    # Every possible crop as a view, (B, C, rows, cols, H, W); indexing copies the chosen ones.
+    windows = padded.unfold(2, h, 1).unfold(3, w, 1)
+    crops = windows[torch.arange(b, device=images.device), :, shifts[:, 0], shifts[:, 1]]
+    return torch.where(flips.view(b, 1, 1, 1), crops.flip(3), crops)
+
+
+def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and (population) std of uint8 ``(N, C, H, W)`` images, in [0, 1] units.
+
+    Exact: computed from a 256-bin histogram per channel, in float64.
+    """
+    values = torch.arange(256, dtype=torch.float64, device=images.device) / 255.0
+    means, stds = [], []
+    for ch in range(images.shape[1]):
+        hist = torch.bincount(images[:, ch].reshape(-1), minlength=256).double()
+        total = hist.sum()
+        mean = (hist * values).sum() / total
+        var = (hist * values * values).sum() / total - mean * mean
+        means.append(float(mean))
+        stds.append(float(var.clamp_min(0).sqrt()))
+    return tuple(means), tuple(stds)
+
+
+# -- folders of image files ------------------------------------------------------------
+
+
+def cache_dir() -> Path | None:
+    """Where decoded folders are cached: ``$MPSEARCH_CACHE``, else ``$XDG_CACHE_HOME/mpsearch``,
+    else ``~/.cache/mpsearch``; ``MPSEARCH_CACHE=off`` turns caching off (None)."""
+    env = os.environ.get("MPSEARCH_CACHE")
+    if env:
+        return None if env.lower() in ("off", "0", "none") else Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "mpsearch"
+
+
+def read_image_folder(split_dir: Path, *, layout: str, classes: Sequence[str] | None = None,
+                      image_size: int | None = None, cache: bool = True
+                      ) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]:
+    """Decode a folder ``split_dir/<class>/<images>`` into tensors, through the cache.
+
+    Args:
+        split_dir: one split of an ImageFolder tree.
+        layout: the expected layout, quoted in errors.
+        classes: the label order; class folders outside it are an error, and
+            missing ones simply have no images. None: the sorted folder names,
+            each of which must hold an image.
+        image_size: resize each image's shorter side to this and crop the
+            centre square; None keeps the sizes, which must then all agree.
+        cache: read and write :func:`cache_dir` (skipped when not writable).
+
+    Returns:
+        ``(images, labels, classes)``: uint8 ``(N, 3, H, W)``, int64 ``(N,)``.
+
+    Raises:
+        DatasetError: the folder is missing, has no classes or no images, or a
+            file cannot be decoded.
+    """
+    split_dir = Path(split_dir)
+    if not split_dir.is_dir():
+        raise DatasetError(f"{split_dir} is not a folder; expected {layout}.")
+    found = sorted(e.name for e in os.scandir(split_dir)
+                   if e.is_dir() and not e.name.startswith("."))
+    derived = classes is None
+    classes = list(found if classes is None else classes)
+    if not classes:
+        raise DatasetError(f"{split_dir} has no class folders; expected {layout}.")
+    extra = [c for c in found if c not in classes]
+    if extra:
+        raise DatasetError(f"{split_dir} has class folder(s) {', '.join(extra)} outside the "
+                           f"classes {', '.join(classes)}; expected {layout}.")
+    files = _list_images(split_dir, classes, found)
+    if not files:
+        raise DatasetError(f"{split_dir} has no image files; expected {layout}.")
+    if derived:
+        have = {f[1] for f in files}
+        empty = [c for i, c in enumerate(classes) if i not in have]
+        if empty:
+            raise DatasetError(f"class folder {split_dir / empty[0]} has no image files; "
+                               f"expected {layout}.")
+
+    digest = hashlib.sha256()
+    for rel, label, size, mtime in files:
+        digest.update(f"{rel}\0{label}\0{size}\0{mtime}\n".encode())
+    key = digest.hexdigest()
+    where = split_dir.resolve()
+    slot = hashlib.sha256(f"{_CACHE_FORMAT}\0{where}\0{image_size}\0{classes}".encode()).hexdigest()
+    base = cache_dir() if cache else None
+    cache_file = (base / f"{where.parent.name}-{where.name}-{slot[:16]}.pt") if base else None
+
+    if cache_file is not None:
+        hit = _cache_read(cache_file, key)
+        if hit is not None:
+            return hit["images"], hit["labels"], tuple(classes)
+    images = _decode_files(split_dir, [f[0] for f in files], [f[2] for f in files], image_size,
+                           layout)
+    labels = torch.tensor([f[1] for f in files], dtype=torch.int64)
+    if cache_file is not None:
+        _cache_write(cache_file, {"format": _CACHE_FORMAT, "key": key, "images": images,
+                                  "labels": labels})
+    return images, labels, tuple(classes)
+
+
+def _list_images(split_dir: Path, classes: Sequence[str], found: Iterable[str]
+                 ) -> list[tuple[str, int, int, int]]:
+    """``(relative path, label, size, mtime_ns)`` of every image, sorted by class then path."""
+    present = set(found)
+    files: list[tuple[str, int, int, int]] = []
+
+    # Plain strings and scandir: pathlib and relpath cost seconds over 60,000 files.
+    def walk(folder: str, rel: str, label: int) -> None:
+        with os.scandir(folder) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        for e in entries:
+            if e.name.startswith("."):
+                continue
+            if e.is_dir():
+                walk(e.path, f"{rel}{e.name}/", label)
+            elif e.name.lower().endswith(IMAGE_EXTENSIONS):
+                st = e.stat()
+                files.append((rel + e.name, label, st.st_size, st.st_mtime_ns))
+
+    for label, name in enumerate(classes):
+        if name in present:
+            walk(os.path.join(split_dir, name), f"{name}/", label)
+    return files
+
+
+def _cache_read(path: Path, key: str) -> dict[str, Any] | None:
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - an unreadable cache is rebuilt, never fatal
+        return None
+    if not isinstance(data, dict) or data.get("format") != _CACHE_FORMAT or data.get("key") != key:
+        return None
+    images, labels = data.get("images"), data.get("labels")
+    if not (isinstance(images, torch.Tensor) and isinstance(labels, torch.Tensor)
+            and images.dtype == torch.uint8 and len(images) == len(labels)):
+        return None
+    return data
+
+
+def _cache_write(path: Path, data: dict[str, Any]) -> None:
+    """Save, or do nothing when the cache folder cannot be written."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    except OSError:
+        return
+    try:
+        # Written beside, then renamed: concurrent trials never read half a file.
+        with os.fdopen(fd, "wb") as f:
+            torch.save(data, f)
+        os.replace(tmp, path)
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
+def _decode_files(split_dir: Path, rels: list[str], sizes: list[int], image_size: int | None,
+                  layout: str) -> torch.Tensor:
+    """Read and decode the files into one uint8 ``(N, 3, H, W)`` tensor."""
+    from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+
+    # One buffer for all the files' bytes; the per-file tensors are views of it.
+    buffer = bytearray(sum(sizes))
+    view = memoryview(buffer)
+    starts = []
+    offset = 0
+    prefix = f"{split_dir}{os.sep}"
+    for rel, size in zip(rels, sizes):
+        with open(prefix + rel, "rb", buffering=0) as f:
+            got = f.readinto(view[offset:offset + size])
+        if got != size:
+            raise DatasetError(f"{split_dir / rel} changed while it was read; expected {layout}.")
+        starts.append(offset)
+        offset += size
+    blobs = torch.frombuffer(buffer, dtype=torch.uint8).split(sizes) if buffer else ()
+    out: list[torch.Tensor | None] = [None] * len(rels)
+
+    # JPEGs decode fastest as one batched call; anything else, or a JPEG the
+    # batch rejects, goes one by one so that an error can name the file.
+    jpegs = [i for i, at in enumerate(starts) if buffer[at:at + 3] == b"\xff\xd8\xff"]
+    if jpegs:
+        try:
+            decoded = decode_jpeg([blobs[i] for i in jpegs], mode=ImageReadMode.RGB)
+        except RuntimeError:
+            decoded = [None] * len(jpegs)
+        for i, img in zip(jpegs, decoded):
+            out[i] = img
+    for i, blob in enumerate(blobs):
+        if out[i] is not None:
+            continue
+        try:
+            img = decode_image(blob, mode=ImageReadMode.RGB)
+        except (RuntimeError, ValueError):
+            img = _decode_pil(bytes(view[starts[i]:starts[i] + sizes[i]]), split_dir / rels[i],
+                              layout)
+        out[i] = img[0] if img.dim() == 4 else img  # animated GIF: its first frame
+
+    if image_size is not None:
+        out = _square(out, image_size)
+    shapes = {tuple(img.shape) for img in out}
+    if len(shapes) > 1:
+        a, b = sorted(shapes)[:2]
+        raise DatasetError(f"images in {split_dir} have different sizes ({a[1]}x{a[2]} and "
+                           f"{b[1]}x{b[2]}); expected {layout}.")
+    return torch.stack(out)  # type: ignore[arg-type]
+
+
+def _decode_pil(data: bytes, path: Path, layout: str) -> torch.Tensor:
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            arr = np.array(im.convert("RGB"))
+    except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad files
+        raise DatasetError(f"{path} is not an image that torchvision or PIL can read "
+                           f"({type(exc).__name__}); expected {layout}.") from None
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+
+
+def _square(images: list[torch.Tensor], size: int) -> list[torch.Tensor]:
+    """Resize the shorter side to ``size`` and crop the centre, batched per input shape."""
+    from torchvision.transforms.v2 import functional as TF
+
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, img in enumerate(images):
+        if tuple(img.shape[1:]) != (size, size):
+            groups.setdefault(tuple(img.shape), []).append(i)
+    out = list(images)
+    for _, idx in groups.items():
+        batch = torch.stack([images[i] for i in idx])
+        batch = TF.center_crop(TF.resize(batch, [size], antialias=True), [size, size])
+        for i, img in zip(idx, batch):
+            out[i] = img.contiguous()
+    return out

@@ -1,0 +1,52 @@
+"""Any folder of images with one subfolder per class, split into ``train`` and ``test``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mpsearch.data import DatasetSource, ImageData, channel_stats, read_image_folder
+from mpsearch.errors import MpsearchError
+from mpsearch.hookspecs import hookimpl
+
+
+class ImageFolderSource(DatasetSource):
+    """A user's ImageFolder tree, resized to squares, in RGB.
+
+    Every image is decoded by torchvision (JPEG, PNG, GIF, WebP) or else by PIL
+    (BMP, TIFF, PPM, ...), converted to 3 channels, and its shorter side resized
+    to ``image_size`` before the centre square is cropped. Classes are the sorted
+    names of the train split's folders; the test split may lack some but may not
+    add any. The normalisation mean and std are measured on the train split's
+    resized images, for both splits. Decoded splits are cached (see
+    :func:`mpsearch.data.cache_dir`).
+
+    Options:
+        image_size: the side of the square images, default 32.
+    """
+
+    description = ("A folder of images, one subfolder per class "
+                   "(the torchvision ImageFolder layout).")
+    layout = "ROOT/{train,test}/<class>/<image files>"
+    options = ("image_size",)
+
+    def load(self, root: Path | None, split: str, **options: Any) -> ImageData:
+        self.check_args(split, options)
+        size = options.get("image_size", 32)
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise MpsearchError(f"imagefolder option image_size={size!r} must be a positive "
+                                f"integer.")
+        root = self.require_root(root, "image folder")
+        images, labels, classes = read_image_folder(root / "train", layout=self.layout,
+                                                    image_size=size)
+        mean, std = channel_stats(images)
+        std = tuple(s if s > 0 else 1.0 for s in std)  # a constant channel: avoid dividing by 0
+        if split == "test":
+            images, labels, _ = read_image_folder(root / "test", layout=self.layout,
+                                                  classes=classes, image_size=size)
+        return ImageData(images, labels, classes, mean, std)
+
+
+@hookimpl
+def register_datasets(register):
+    register("imagefolder", ImageFolderSource())
