@@ -46,7 +46,7 @@ class ModelSpec:
 def parse_shape(text: str) -> tuple[int, ...]:
     """``"3,224,224"`` -> ``(3, 224, 224)``."""
     try:
-        shape = tuple(int(p) for p in text.replace("x", ",").split(",") if p.strip())
+        shape = tuple(int(p) for p in text.replace("x", ",").split(","))
     except ValueError:
         shape = ()
     if not shape or any(s <= 0 for s in shape):

@@ -63,7 +63,7 @@ def test_input_shape_changes_the_cost():
 
 
 @pytest.mark.parametrize("args, message", [
-    (["cost", "lenet"], "unknown model 'lenet'. Did you mean 'lenet5'?"),
+    (["cost", "lenet"], "unknown model 'lenet'. Did you mean 'lenet5'"),
     (["cost", "lenet5", "--backend", "gneric"], "unknown backend 'gneric'. Did you mean 'generic'?"),
     (["cost", "lenet5", "--objective", "bitop"], "unknown objective 'bitop'"),
     (["cost", "lenet5", "--assignment", "/no/such.json"], "does not exist"),

@@ -31,22 +31,35 @@ class State:
 
 
 class PluginGroup(click.Group):
-    """A group that lets plugins add commands once ``--plugin`` options are known."""
+    """A group that lets plugins add commands once ``--plugin`` options are known.
 
-    _plugins_added = False
+    Plugin commands are kept per invocation (in the root context), never added to
+    the module-level group, so one run's plugins cannot leak into the next.
+    """
 
-    def _add_plugin_commands(self, ctx: click.Context) -> None:
-        if self._plugins_added:
-            return
-        self._plugins_added = True
-        _state(ctx).host.add_commands(self)
+    def _plugin_commands(self, ctx: click.Context) -> dict[str, click.Command]:
+        root = ctx.find_root()
+        found = root.meta.get("mpsearch.plugin_commands")
+        if found is None:
+            scratch = click.Group(name=self.name, commands=dict(self.commands))
+            _guard(root, lambda: _state(root).host.add_commands(scratch))
+            found = {n: c for n, c in scratch.commands.items() if n not in self.commands}
+            root.meta["mpsearch.plugin_commands"] = found
+        return found
 
     def get_command(self, ctx: click.Context, cmd_name: str):
         command = super().get_command(ctx, cmd_name)
         if command is None and not ctx.resilient_parsing:
-            _guard(ctx, lambda: self._add_plugin_commands(ctx))
-            command = super().get_command(ctx, cmd_name)
+            command = self._plugin_commands(ctx).get(cmd_name)
         return command
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        names = super().list_commands(ctx)
+        try:
+            names += sorted(self._plugin_commands(ctx))
+        except click.ClickException:
+            pass  # the error shows when a command runs; help still lists the built-ins
+        return names
 
     def invoke(self, ctx: click.Context):
         return _guard(ctx, lambda: super(PluginGroup, self).invoke(ctx))
