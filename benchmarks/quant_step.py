@@ -6,8 +6,9 @@ bit-widths on every layer's weights and input activations (min-max as in
 BitPruning; DoReFa + PACT as in FracBits), with eager and compiled kernels.
 Steps are interleaved across configurations and the median is reported, so
 drifting machine load affects every configuration alike. Peak memory: on CUDA
-the allocator's peak during the steps; on the CPU the growth of the process's
-peak resident set during the steps, each configuration in its own process.
+the allocator's peak during the steps; on the CPU (Linux) the growth of the
+process's peak resident set (VmHWM) during the steps, each configuration in its
+own process.
 
     python benchmarks/quant_step.py                # lenet5 and resnet20, CPU
     python benchmarks/quant_step.py --device cuda  # on a GPU
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -88,10 +88,25 @@ def peak_memory(model_name: str, config: str, device: str, steps: int) -> float:
         for _ in range(steps):
             step()
         return float(torch.cuda.max_memory_allocated() - base)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # ru_maxrss is inherited from the parent across exec on Linux, so read this
+    # process's own high-water mark (VmHWM), reset just before the steps.
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+    before = _status_kib("VmRSS")
     for _ in range(steps):
         step()
-    return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024
+    return float(_status_kib("VmHWM") - before) * 1024
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def main() -> None:

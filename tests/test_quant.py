@@ -232,7 +232,7 @@ def test_only_plain_layers_are_swapped():
 
 def test_learnable_bits_clamp_and_round():
     bits = LearnableBits(0.3, min_bits=1.0, max_bits=8.0)
-    assert float(bits()) == 1.0 and bits.discrete() == 1
+    assert float(bits().detach()) == 1.0 and bits.discrete() == 1
     assert LearnableBits(4.2).discrete() == 5
     assert LearnableBits(4.2, rounding="round").discrete() == 4
     assert LearnableBits(4.0).discrete() == 4
