@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -81,8 +82,8 @@ def time_steps(model_name: str, configs: tuple[str, ...], device: str, steps: in
 def peak_memory(model_name: str, config: str, device: str, steps: int) -> float:
     """Bytes: CUDA allocator peak, or the growth of peak RSS during the steps (own process)."""
     step = build(model_name, config, device)
+    step()  # warm-up: compilation and allocator growth are not part of a step
     if device == "cuda":
-        step()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
         for _ in range(steps):
@@ -130,9 +131,12 @@ def main() -> None:
     for model_name in args.models.split(","):
         medians = time_steps(model_name, configs, args.device, args.steps, args.warmup)
         for c in configs:
+            # Large buffers mmapped and unmapped on free, so the resident set follows
+            # what is live rather than what glibc keeps for reuse.
+            env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
             out = subprocess.run([sys.executable, __file__, "--device", args.device, "--threads",
                                   str(args.threads), "--memory-of", model_name, c],
-                                 capture_output=True, text=True, check=True)
+                                 capture_output=True, text=True, check=True, env=env)
             peak = json.loads(out.stdout.strip().splitlines()[-1]) / 1e6
             ratio = medians[c] / medians["float"] if "float" in medians else float("nan")
             print(f"{model_name:<10} {c:<20} {medians[c] * 1e3:>9.1f} {ratio:>8.2f} {peak:>9.1f}",
