@@ -1,0 +1,472 @@
+"""Study specs: TOML files validated into typed, versioned dataclasses.
+
+Every error names the file, the key and what would be valid, in one line. A spec
+converts to a plain dict (:meth:`StudySpec.to_dict`) that is stored with the
+study, so ``mpsearch study run NAME`` needs only the storage.
+
+Example::
+
+    [study]
+    name = "quickstart"
+    objectives = ["accuracy", "bitops"]
+    sampler = "tpe"
+    n_trials = 12
+    [model]
+    name = "lenet5"
+    [data]
+    name = "mnist-mini"
+    [[strategy]]
+    name = "uniform"
+    space.bits = [2, 3, 4, 8]
+    [resources]
+    cpus_per_trial = 1
+    max_concurrent = 2
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mpsearch.errors import MpsearchError
+
+SPEC_VERSION = 1
+SAMPLERS = ("tpe", "nsga2", "nsga3", "random", "gp")
+DIRECTIONS = ("maximize", "minimize")
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("cosine", "constant")
+DEVICES = ("auto", "cpu", "cuda")
+COMPILE = ("auto", "on", "off")
+EXECUTORS = ("ray", "local")
+ACCURACY = "accuracy"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class SpecError(MpsearchError):
+    """A study spec that cannot be used, with the key and what would be valid."""
+
+
+@dataclass(frozen=True)
+class Param:
+    """One hyperparameter's search space: choices, a range, or a fixed value."""
+
+    choices: tuple | None = None
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    integer: bool = False
+    value: Any = None
+
+    @property
+    def fixed(self) -> bool:
+        return self.choices is None and self.low is None
+
+    def to_dict(self) -> Any:
+        if self.fixed:
+            return self.value
+        if self.choices is not None:
+            return list(self.choices)
+        out: dict[str, Any] = {"low": self.low, "high": self.high}
+        if self.log:
+            out["log"] = True
+        if self.step is not None:
+            out["step"] = self.step
+        return out
+
+    @classmethod
+    def parse(cls, raw: Any, where: str) -> Param:
+        """``[a, b, c]`` choices, ``{low, high, log, step}`` a range, a scalar a fixed value."""
+        if isinstance(raw, list):
+            if not raw:
+                raise SpecError(f"{where}: the list of choices is empty.")
+            if any(isinstance(v, (list, dict)) for v in raw):
+                raise SpecError(f"{where}: choices must be numbers, strings or booleans.")
+            return cls(choices=tuple(raw))
+        if isinstance(raw, dict):
+            unknown = set(raw) - {"low", "high", "log", "step"}
+            if unknown:
+                raise SpecError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; "
+                                f"a range takes low, high, log, step.")
+            if "low" not in raw or "high" not in raw:
+                raise SpecError(f"{where}: a range needs both low and high.")
+            low, high = raw["low"], raw["high"]
+            for k, v in (("low", low), ("high", high)):
+                if isinstance(v, bool) or not isinstance(v, (int, float)):
+                    raise SpecError(f"{where}.{k} must be a number, not {v!r}.")
+            if not low < high:
+                raise SpecError(f"{where}: low ({low}) must be below high ({high}).")
+            log = raw.get("log", False)
+            if not isinstance(log, bool):
+                raise SpecError(f"{where}.log must be true or false, not {log!r}.")
+            if log and low <= 0:
+                raise SpecError(f"{where}: a log-scale range needs low > 0.")
+            step = raw.get("step")
+            if step is not None and (isinstance(step, bool) or not isinstance(step, (int, float))
+                                     or step <= 0):
+                raise SpecError(f"{where}.step must be a positive number, not {step!r}.")
+            integer = all(isinstance(v, int) for v in (low, high)) and (step is None or isinstance(step, int))
+            return cls(low=low, high=high, log=log, step=step, integer=integer)
+        if isinstance(raw, (bool, int, float, str)):
+            return cls(value=raw)
+        raise SpecError(f"{where}: expected a list of choices, a {{low, high}} range or a value, "
+                        f"not {raw!r}.")
+
+
+@dataclass(frozen=True)
+class Objective:
+    name: str
+    direction: str
+
+
+@dataclass(frozen=True)
+class StudySection:
+    name: str
+    objectives: tuple[Objective, ...]
+    n_trials: int
+    sampler: str = "tpe"
+    seed: int = 0
+    storage: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    name: str
+
+
+@dataclass(frozen=True)
+class DataSection:
+    name: str
+    root: str | None = None
+    validation_fraction: float = 0.1
+    train_subset: int | None = None
+    augment: str | None = "default"
+    options: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainingSection:
+    epochs: int = 2
+    pretrain_epochs: int = 0
+    batch_size: int = 128
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    device: str = "auto"
+    compile: str = "auto"
+
+
+@dataclass(frozen=True)
+class StrategySection:
+    name: str
+    space: dict[str, Param] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ResourcesSection:
+    cpus_per_trial: float = 1
+    gpus_per_trial: float = 0
+    max_concurrent: int = 1
+    executor: str = "ray"
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    study: StudySection
+    model: ModelSection
+    data: DataSection
+    training: TrainingSection
+    strategies: tuple[StrategySection, ...]
+    resources: ResourcesSection
+    backend: str = "generic"
+    plugins: tuple[str, ...] = ()
+    source: str = "spec"
+
+    @property
+    def name(self) -> str:
+        return self.study.name
+
+    @property
+    def cost_objectives(self) -> list[str]:
+        return [o.name for o in self.study.objectives if o.name != ACCURACY]
+
+    def strategy(self, name: str) -> StrategySection:
+        for s in self.strategies:
+            if s.name == name:
+                return s
+        raise SpecError(f"{self.source}: strategy {name!r} is not in the spec.")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain, TOML-shaped dict that :func:`parse_spec` reads back to an equal spec."""
+        study = asdict(self.study)
+        study["objectives"] = [{"name": o.name, "direction": o.direction}
+                               for o in self.study.objectives]
+        if study["storage"] is None:
+            del study["storage"]
+        data = {k: v for k, v in asdict(self.data).items() if v is not None}
+        return {
+            "version": SPEC_VERSION,
+            "study": study,
+            "model": asdict(self.model),
+            "data": data,
+            "training": asdict(self.training),
+            "backend": {"name": self.backend},
+            "strategy": [{"name": s.name, "space": {k: p.to_dict() for k, p in s.space.items()}}
+                         for s in self.strategies],
+            "resources": asdict(self.resources),
+            "plugins": list(self.plugins),
+        }
+
+
+def load_spec(path: str | Path, host=None) -> StudySpec:
+    """Read and validate a TOML spec.
+
+    Args:
+        host: a :class:`~mpsearch.host.PluginHost` to check plugin names against
+            (strategies, objectives, backend, model, dataset); skipped when None.
+
+    Raises:
+        SpecError: the file is missing, not TOML, or invalid (one line, naming the key).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SpecError(f"study spec {str(path)!r} does not exist.") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"study spec {str(path)!r} is not readable: {exc}.") from exc
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"{path}: not valid TOML: {exc}.") from exc
+    return parse_spec(raw, source=str(path), host=host)
+
+
+def parse_spec(raw: Mapping[str, Any], source: str = "spec", host=None) -> StudySpec:
+    """Validate a TOML-shaped mapping into a :class:`StudySpec` (see :func:`load_spec`)."""
+    r = _Reader(source)
+    r.keys(raw, "", {"version", "study", "model", "data", "training", "backend", "strategy",
+                     "resources", "plugins"}, required={"study", "model", "data", "strategy"})
+    version = raw.get("version", SPEC_VERSION)
+    if version != SPEC_VERSION:
+        raise SpecError(f"{source}: spec version {version!r} is not supported; "
+                        f"this mpsearch reads version {SPEC_VERSION}.")
+
+    s = r.table(raw, "study")
+    r.keys(s, "study", {"name", "objectives", "sampler", "n_trials", "seed", "storage"},
+           required={"name", "objectives", "n_trials"})
+    name = r.string(s, "study", "name")
+    if not _NAME.match(name):
+        raise SpecError(f"{source}: [study] name {name!r} may use only letters, digits, _ . -.")
+    objectives = _objectives(r, s.get("objectives"), host)
+    study = StudySection(
+        name=name, objectives=objectives, n_trials=r.integer(s, "study", "n_trials", low=1),
+        sampler=r.choice(s, "study", "sampler", SAMPLERS, "tpe"),
+        seed=r.integer(s, "study", "seed", low=0, default=0),
+        storage=r.string(s, "study", "storage", default=None))
+
+    m = r.table(raw, "model")
+    r.keys(m, "model", {"name"}, required={"name"})
+    model = ModelSection(name=r.plugin(m, "model", "name", host, "models"))
+
+    d = r.table(raw, "data")
+    r.keys(d, "data", {"name", "root", "validation_fraction", "train_subset", "augment", "options"},
+           required={"name"})
+    fraction = r.number(d, "data", "validation_fraction", default=0.1)
+    if not 0 < fraction < 1:
+        raise SpecError(f"{source}: [data] validation_fraction must lie strictly between 0 and 1, "
+                        f"not {fraction}.")
+    augment = d.get("augment", "default")
+    if augment is not None and augment not in ("default", "none", "crop-flip"):
+        raise SpecError(f"{source}: [data] augment must be \"default\", \"none\" or \"crop-flip\", "
+                        f"not {augment!r}.")
+    options = d.get("options", {})
+    if not isinstance(options, dict):
+        raise SpecError(f"{source}: [data] options must be a table, not {options!r}.")
+    data = DataSection(
+        name=r.plugin(d, "data", "name", host, "datasets"),
+        root=r.string(d, "data", "root", default=None), validation_fraction=fraction,
+        train_subset=r.integer(d, "data", "train_subset", low=1, default=None),
+        augment=augment, options=dict(options))
+
+    t = raw.get("training", {})
+    r.is_table(t, "training")
+    defaults = TrainingSection()
+    r.keys(t, "training", set(asdict(defaults)))
+    training = TrainingSection(
+        epochs=r.integer(t, "training", "epochs", low=1, default=defaults.epochs),
+        pretrain_epochs=r.integer(t, "training", "pretrain_epochs", low=0,
+                                  default=defaults.pretrain_epochs),
+        batch_size=r.integer(t, "training", "batch_size", low=1, default=defaults.batch_size),
+        optimizer=r.choice(t, "training", "optimizer", OPTIMIZERS, defaults.optimizer),
+        lr=r.number(t, "training", "lr", default=defaults.lr, positive=True),
+        momentum=r.number(t, "training", "momentum", default=defaults.momentum),
+        weight_decay=r.number(t, "training", "weight_decay", default=defaults.weight_decay),
+        schedule=r.choice(t, "training", "schedule", SCHEDULES, defaults.schedule),
+        device=r.choice(t, "training", "device", DEVICES, defaults.device),
+        compile=r.choice(t, "training", "compile", COMPILE, defaults.compile))
+
+    b = raw.get("backend", {"name": "generic"})
+    r.is_table(b, "backend")
+    r.keys(b, "backend", {"name"}, required={"name"})
+    backend = r.plugin(b, "backend", "name", host, "backends")
+
+    strategies_raw = raw.get("strategy")
+    if not isinstance(strategies_raw, list) or not strategies_raw:
+        raise SpecError(f"{source}: [[strategy]] must be given at least once "
+                        f"(an array of tables, each with a name).")
+    strategies = []
+    for i, st in enumerate(strategies_raw):
+        where = f"strategy[{i}]"
+        r.is_table(st, where)
+        r.keys(st, where, {"name", "space"}, required={"name"})
+        sname = r.plugin(st, where, "name", host, "strategies")
+        if any(x.name == sname for x in strategies):
+            raise SpecError(f"{source}: strategy {sname!r} is listed twice; list each once.")
+        space_raw = st.get("space", {})
+        r.is_table(space_raw, f"{where}.space")
+        space = {k: Param.parse(v, f"{source}: {where}.space.{k}") for k, v in space_raw.items()}
+        if host is not None and sname in host.strategies:
+            host.strategies.get(sname).check_space(space, f"{source}: {where}.space")
+        strategies.append(StrategySection(name=sname, space=space))
+
+    res = raw.get("resources", {})
+    r.is_table(res, "resources")
+    dres = ResourcesSection()
+    r.keys(res, "resources", set(asdict(dres)))
+    resources = ResourcesSection(
+        cpus_per_trial=r.number(res, "resources", "cpus_per_trial", default=dres.cpus_per_trial,
+                                positive=True),
+        gpus_per_trial=r.number(res, "resources", "gpus_per_trial", default=dres.gpus_per_trial),
+        max_concurrent=r.integer(res, "resources", "max_concurrent", low=1,
+                                 default=dres.max_concurrent),
+        executor=r.choice(res, "resources", "executor", EXECUTORS, dres.executor))
+
+    plugins = raw.get("plugins", [])
+    if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
+        raise SpecError(f"{source}: plugins must be a list of module names or .py paths.")
+    return StudySpec(study=study, model=model, data=data, training=training,
+                     strategies=tuple(strategies), resources=resources, backend=backend,
+                     plugins=tuple(plugins), source=source)
+
+
+def _objectives(r: _Reader, raw: Any, host) -> tuple[Objective, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise SpecError(f"{r.source}: [study] objectives must be a non-empty list such as "
+                        f"[\"accuracy\", \"bitops\"].")
+    out: list[Objective] = []
+    for i, item in enumerate(raw):
+        where = f"[study] objectives[{i}]"
+        if isinstance(item, str):
+            name, direction = item, None
+        elif isinstance(item, dict):
+            r.keys(item, f"study.objectives[{i}]", {"name", "direction"}, required={"name"})
+            name, direction = item["name"], item.get("direction")
+        else:
+            raise SpecError(f"{r.source}: {where} must be a name or {{name, direction}}, not {item!r}.")
+        if not isinstance(name, str):
+            raise SpecError(f"{r.source}: {where} name must be a string, not {name!r}.")
+        if name != ACCURACY and host is not None:
+            _known(r.source, where, name, host, "objectives")
+        default = "maximize" if name == ACCURACY else (
+            host.objectives.get(name).direction if host is not None else "minimize")
+        direction = direction or default
+        if direction not in DIRECTIONS:
+            raise SpecError(f"{r.source}: {where} direction must be maximize or minimize, "
+                            f"not {direction!r}.")
+        if any(o.name == name for o in out):
+            raise SpecError(f"{r.source}: objective {name!r} is listed twice.")
+        out.append(Objective(name, direction))
+    if ACCURACY not in [o.name for o in out]:
+        raise SpecError(f"{r.source}: [study] objectives must include \"accuracy\" "
+                        f"(validation accuracy, what the front trades cost against).")
+    if len(out) < 2:
+        raise SpecError(f"{r.source}: [study] objectives need at least one cost beside accuracy, "
+                        f"e.g. \"bitops\", \"size\" or \"memory\".")
+    return tuple(out)
+
+
+def _known(source: str, where: str, name: str, host, kind: str) -> None:
+    from mpsearch.errors import UnknownNameError
+
+    try:
+        getattr(host, kind).entry(name)
+    except UnknownNameError as exc:
+        raise SpecError(f"{source}: {where}: {exc}") from None
+
+
+class _Reader:
+    """Typed access to a TOML table with errors that name the key."""
+
+    def __init__(self, source: str):
+        self.source = source
+
+    def fail(self, section: str, key: str, message: str) -> SpecError:
+        where = f"[{section}] {key}" if section else key
+        return SpecError(f"{self.source}: {where} {message}")
+
+    def is_table(self, value: Any, section: str) -> None:
+        if not isinstance(value, dict):
+            raise SpecError(f"{self.source}: [{section}] must be a table, not {value!r}.")
+
+    def table(self, raw: Mapping, key: str) -> dict:
+        value = raw.get(key)
+        self.is_table(value, key)
+        return value
+
+    def keys(self, table: Mapping, section: str, allowed: set[str], required: set[str] = frozenset()):
+        unknown = sorted(set(table) - allowed)
+        if unknown:
+            where = f"[{section}]" if section else "the top level"
+            raise SpecError(f"{self.source}: unknown key(s) {', '.join(unknown)} in {where}; "
+                            f"valid keys: {', '.join(sorted(allowed))}.")
+        missing = sorted(required - set(table))
+        if missing:
+            where = f"[{section}]" if section else "the top level"
+            raise SpecError(f"{self.source}: {where} is missing {', '.join(missing)}.")
+
+    def string(self, t: Mapping, section: str, key: str, default: Any = ...) -> Any:
+        if key not in t:
+            if default is ...:
+                raise self.fail(section, key, "is required.")
+            return default
+        if not isinstance(t[key], str) or not t[key]:
+            raise self.fail(section, key, f"must be a non-empty string, not {t[key]!r}.")
+        return t[key]
+
+    def integer(self, t: Mapping, section: str, key: str, low: int = 0, default: Any = ...) -> Any:
+        if key not in t:
+            if default is ...:
+                raise self.fail(section, key, "is required.")
+            return default
+        v = t[key]
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise self.fail(section, key, f"must be an integer >= {low}, not {v!r}.")
+        return v
+
+    def number(self, t: Mapping, section: str, key: str, default: float, positive: bool = False):
+        v = t.get(key, default)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 \
+                or (positive and v == 0):
+            kind = "a positive number" if positive else "a non-negative number"
+            raise self.fail(section, key, f"must be {kind}, not {v!r}.")
+        return v
+
+    def choice(self, t: Mapping, section: str, key: str, choices: tuple[str, ...], default: str):
+        v = t.get(key, default)
+        if v not in choices:
+            raise self.fail(section, key, f"must be one of {', '.join(choices)}, not {v!r}.")
+        return v
+
+    def plugin(self, t: Mapping, section: str, key: str, host, kind: str) -> str:
+        name = self.string(t, section, key)
+        if host is not None:
+            _known(self.source, f"[{section}] {key}", name, host, kind)
+        return name
