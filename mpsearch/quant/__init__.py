@@ -10,7 +10,8 @@
 from mpsearch.quant.bitwidth import BitWidth, FixedBits, LearnableBits, bit_parameters
 from mpsearch.quant.functional import compile_mode, fake_quant, set_compile
 from mpsearch.quant.granularity import GRANULARITIES, bits_shape
-from mpsearch.quant.modules import (QuantConv2d, QuantLinear, assignment_from_model, freeze_bits,
+from mpsearch.quant.modules import (QUANTIZER_FAMILIES, QuantConv2d, QuantLinear, assignment_from_model, freeze_bits,
+                                    quantize_at,
                                     quantize_model, quantized_layers, quantizers, restore_model)
 from mpsearch.quant.quantizers import (DoReFaQuantizer, MinMaxQuantizer, PACTQuantizer, Quantizer,
                                        WidthQuantizer)
@@ -18,7 +19,7 @@ from mpsearch.quant.quantizers import (DoReFaQuantizer, MinMaxQuantizer, PACTQua
 __all__ = [
     "BitWidth", "FixedBits", "LearnableBits", "bit_parameters", "compile_mode", "fake_quant",
     "set_compile", "GRANULARITIES", "bits_shape", "QuantConv2d", "QuantLinear",
-    "assignment_from_model", "freeze_bits", "quantize_model", "quantized_layers", "quantizers",
+    "QUANTIZER_FAMILIES", "assignment_from_model", "freeze_bits", "quantize_at", "quantize_model", "quantized_layers", "quantizers",
     "restore_model", "DoReFaQuantizer", "MinMaxQuantizer", "PACTQuantizer", "Quantizer",
     "WidthQuantizer",
 ]

@@ -135,3 +135,40 @@ def freeze_bits(model: nn.Module) -> None:
             if id(bits) not in frozen:
                 frozen[id(bits)] = FixedBits(bits.discrete()).to(bits().device)
             q.bits = frozen[id(bits)]
+
+
+QUANTIZER_FAMILIES = ("dorefa-pact", "minmax")
+
+
+def quantize_at(model: nn.Module, profile: ModelProfile, assignment: PrecisionAssignment,
+                family: str = "dorefa-pact") -> nn.Module:
+    """Quantize ``model`` in place at the fixed widths of ``assignment``.
+
+    Args:
+        family: ``"dorefa-pact"`` (DoReFa weights, PACT inputs, two-sided where a
+            layer's inputs are signed) or ``"minmax"`` (min-max for both). Groups at
+            32 bits stay float.
+    """
+    from mpsearch.quant.quantizers import DoReFaQuantizer, MinMaxQuantizer, PACTQuantizer
+
+    if family not in QUANTIZER_FAMILIES:
+        raise MpsearchError(f"unknown quantizer family {family!r}; choose one of "
+                            f"{', '.join(QUANTIZER_FAMILIES)}.")
+    assignment.validate(profile)
+
+    def weight(layer: LayerProfile) -> Quantizer | None:
+        bits = assignment[layer.weight_group]
+        if isinstance(bits, int) and bits >= MAX_BITS:
+            return None
+        cls = DoReFaQuantizer if family == "dorefa-pact" else MinMaxQuantizer
+        return cls(FixedBits(bits))
+
+    def activation(layer: LayerProfile) -> Quantizer | None:
+        bits = assignment[layer.input_group]
+        if isinstance(bits, int) and bits >= MAX_BITS:
+            return None
+        if family == "dorefa-pact":
+            return PACTQuantizer(FixedBits(bits), two_sided=layer.input_signed)
+        return MinMaxQuantizer(FixedBits(bits))
+
+    return quantize_model(model, profile, weight, activation)

@@ -1,0 +1,107 @@
+"""The training loop every strategy shares: epochs over in-memory data, evaluation, optimizers.
+
+Losses stay on the device during an epoch; the loop synchronises once per epoch
+to read the mean loss and accuracy, and a non-finite loss then fails the trial.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mpsearch.data import ImageData
+from mpsearch.errors import MpsearchError
+from mpsearch.spec import TrainingSection
+
+
+class TrialFailed(MpsearchError):
+    """A trial that cannot go on (a non-finite loss, a strategy's own failure)."""
+
+
+def make_optimizer(training: TrainingSection, groups: Sequence[dict[str, Any]] | Iterable[nn.Parameter],
+                   lr: float | None = None) -> torch.optim.Optimizer:
+    """The spec's optimizer over parameter groups (a group may set its own lr / weight_decay)."""
+    lr = training.lr if lr is None else lr
+    if training.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=lr, weight_decay=training.weight_decay)
+    return torch.optim.SGD(groups, lr=lr, momentum=training.momentum,
+                           weight_decay=training.weight_decay, nesterov=training.momentum > 0)
+
+
+def make_schedule(training: TrainingSection, optimizer: torch.optim.Optimizer,
+                  total_steps: int) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """Cosine annealing to zero over ``total_steps`` steps, or nothing (constant)."""
+    if training.schedule == "constant" or total_steps <= 0:
+        return None
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps))
+
+
+def steps_per_epoch(data: ImageData, batch_size: int, max_batches: int | None = None) -> int:
+    steps = math.ceil(len(data) / batch_size)
+    return min(steps, max_batches) if max_batches else steps
+
+
+def train_epoch(model: nn.Module, data: ImageData, optimizer: torch.optim.Optimizer, *,
+                batch_size: int, generator: torch.Generator, augment: str | None = None,
+                schedule: torch.optim.lr_scheduler.LRScheduler | None = None,
+                extra_loss: Callable[[], torch.Tensor] | None = None,
+                after_step: Callable[[], None] | None = None,
+                max_batches: int | None = None) -> dict[str, float]:
+    """One pass over ``data`` (or its first ``max_batches`` batches).
+
+    Args:
+        extra_loss: added to the cross-entropy at every step (a regulariser on bits).
+        after_step: called after every optimizer step (e.g. to project parameters).
+
+    Returns:
+        Mean task loss, mean total loss and training accuracy over the epoch.
+
+    Raises:
+        TrialFailed: the loss became NaN or infinite.
+    """
+    model.train()
+    device = data.images.device
+    task_sum = torch.zeros((), device=device)
+    total_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
+    seen = 0
+    for i, (x, y) in enumerate(data.batches(batch_size, shuffle=True, generator=generator,
+                                            augment=augment)):
+        if max_batches is not None and i >= max_batches:
+            break
+        logits = model(x)
+        task = F.cross_entropy(logits, y)
+        loss = task if extra_loss is None else task + extra_loss()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if schedule is not None:
+            schedule.step()
+        if after_step is not None:
+            after_step()
+        task_sum += task.detach() * len(y)
+        total_sum += loss.detach() * len(y)
+        correct += (logits.detach().argmax(1) == y).sum()
+        seen += len(y)
+    task_mean, total_mean = float(task_sum) / max(seen, 1), float(total_sum) / max(seen, 1)
+    if not (math.isfinite(task_mean) and math.isfinite(total_mean)):
+        raise TrialFailed("the training loss became NaN or infinite; lower the learning rate "
+                          "or the regulariser's weight.")
+    return {"loss": task_mean, "total_loss": total_mean, "train_accuracy": float(correct) / max(seen, 1)}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: ImageData, batch_size: int = 512) -> float:
+    """Top-1 accuracy of ``model`` on ``data`` (eval mode; training mode restored)."""
+    was_training = model.training
+    model.eval()
+    correct = torch.zeros((), device=data.images.device, dtype=torch.int64)
+    for x, y in data.batches(batch_size):
+        correct += (model(x).argmax(1) == y).sum()
+    model.train(was_training)
+    return float(correct) / max(len(data), 1)
