@@ -68,13 +68,18 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-@functools.lru_cache(maxsize=4)
-def _load_split(host_key: tuple, dataset: str, root: str | None, split: str,
-                options: tuple) -> ImageData:
+@functools.lru_cache(maxsize=8)
+def plugin_host(plugins: tuple[str, ...] = ()):
+    """The plugin host of a trial's process, built once per plugin list."""
     from mpsearch.host import PluginHost
 
-    host = PluginHost(host_key)
-    source = host.datasets.get(dataset)
+    return PluginHost(plugins)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_split(plugins: tuple, dataset: str, root: str | None, split: str,
+                options: tuple) -> ImageData:
+    source = plugin_host(plugins).datasets.get(dataset)
     return source.load(resolve_root(root) if source.needs_root else None, split, **dict(options))
 
 
@@ -211,14 +216,12 @@ def run_trial(spec: StudySpec, number: int, strategy: str, params: Mapping[str, 
     trial (the message is kept); they never escape. Bad input that concerns the
     whole study (an unknown plugin name) raises :class:`MpsearchError`.
     """
-    from mpsearch.host import PluginHost
-
     started = time.perf_counter()
     seed = trial_seed(spec.study.seed, number)
     attrs: dict[str, Any] = {ATTR_STRATEGY: strategy, ATTR_PARAMS: dict(params), ATTR_SEED: seed}
     if threads:
         torch.set_num_threads(max(1, int(threads)))
-    host = PluginHost(spec.plugins)
+    host = plugin_host(tuple(spec.plugins))
     host.trial_started(spec.name, number, {"strategy": strategy, **params})
     history: list[dict] = []
 

@@ -1,0 +1,115 @@
+"""``mpsearch study``: create and run studies; list, show, export and plot them."""
+
+from __future__ import annotations
+
+import sys
+import tomllib
+from pathlib import Path
+
+import click
+
+from mpsearch.errors import MpsearchError
+from mpsearch.spec import EXECUTORS, SpecError, load_spec
+from mpsearch.storage import DEFAULT_STORAGE
+
+STORAGE_HELP = f"SQLAlchemy URL of the study storage (default: the spec's, else {DEFAULT_STORAGE})."
+
+
+@click.group()
+def study() -> None:
+    """Create, run and inspect studies (Optuna studies in a database)."""
+
+
+def _run_options(fn):
+    fn = click.option("--quiet", is_flag=True, help="No live progress display.")(fn)
+    fn = click.option("--address", default=None, metavar="HOST:PORT",
+                      help="Run on an existing Ray cluster ('auto' to find a local one).")(fn)
+    fn = click.option("--executor", type=click.Choice(EXECUTORS), default=None,
+                      help="Ray Tune trials, or in this process one after another "
+                           "(default: the spec's).")(fn)
+    fn = click.option("--n-trials", type=click.IntRange(1), default=None,
+                      help="Run this many more trials (default: up to the spec's n_trials).")(fn)
+    return fn
+
+
+@study.command()
+@click.argument("spec_file", metavar="SPEC", type=click.Path(dir_okay=False))
+@click.option("--storage", default=None, help=STORAGE_HELP)
+@click.option("--no-run", is_flag=True, help="Only create the study.")
+@_run_options
+@click.pass_obj
+def create(state, spec_file: str, storage: str | None, no_run: bool, n_trials: int | None,
+           executor: str | None, address: str | None, quiet: bool) -> None:
+    """Create the study a TOML SPEC describes, then run it and print its Pareto front."""
+    from mpsearch.host import PluginHost
+    from mpsearch.study import create_study
+
+    extra = _spec_plugins(Path(spec_file))
+    host = PluginHost(tuple(state.plugins) + extra)
+    spec = load_spec(spec_file, host)
+    if extra:  # store them absolute, so `study run` finds them from anywhere
+        from dataclasses import replace
+
+        spec = replace(spec, plugins=tuple(dict.fromkeys(extra)))
+    url = storage or spec.study.storage or DEFAULT_STORAGE
+    created = create_study(spec, url, host)
+    click.echo(f"created study {spec.name!r} in {url} "
+               f"({spec.study.n_trials} trials of {', '.join(s.name for s in spec.strategies)})")
+    if not no_run:
+        _run(host, created.study_name, url, n_trials, executor, address, quiet)
+
+
+@study.command()
+@click.argument("name")
+@click.option("--storage", default=DEFAULT_STORAGE, show_default=True, help="SQLAlchemy URL.")
+@_run_options
+@click.pass_obj
+def run(state, name: str, storage: str, n_trials: int | None, executor: str | None,
+        address: str | None, quiet: bool) -> None:
+    """Continue study NAME: more trials, or the rest after an interruption."""
+    from mpsearch.host import PluginHost
+    from mpsearch.storage import load_study
+
+    found = load_study(storage, name)
+    plugins = tuple(found.user_attrs.get("mpsearch_spec", {}).get("plugins", ()))
+    host = PluginHost(tuple(state.plugins) + plugins)
+    _run(host, name, storage, n_trials, executor, address, quiet)
+
+
+def _run(host, name: str, url: str, n_trials, executor, address, quiet: bool) -> None:
+    from mpsearch.study import run_study
+
+    try:
+        result = run_study(name, url, host, n_trials=n_trials, executor=executor, address=address,
+                           progress=not quiet)
+    except KeyboardInterrupt:
+        click.echo(f"\ninterrupted; 'mpsearch study run {name} --storage {url}' continues the study "
+                   f"(trials in progress are re-queued).", err=True)
+        sys.exit(130)
+    from mpsearch.cli.study_report import print_front
+
+    print_front(result, url)
+
+
+def _spec_plugins(path: Path) -> tuple[str, ...]:
+    """The spec's ``plugins`` list, .py paths made absolute relative to the spec's folder."""
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return ()  # load_spec reports it properly
+    plugins = raw.get("plugins", [])
+    if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
+        raise SpecError(f"{path}: plugins must be a list of module names or .py paths.")
+    return tuple(str((path.parent / p).resolve()) if p.endswith(".py") else p for p in plugins)
+
+
+def _add_report_commands() -> None:
+    from mpsearch.cli.study_report import COMMANDS
+
+    for command in COMMANDS:
+        study.add_command(command)
+
+
+_add_report_commands()
+
+__all__ = ["study", "MpsearchError"]

@@ -1,0 +1,191 @@
+"""Running a study's trials as Ray Tune trials, with Optuna proposing and recording.
+
+The bridge is Ray's ``OptunaSearch`` given the study's storage object and name,
+subclassed to fix what it gets wrong for mpsearch:
+
+- a trial whose final result is missing, NaN, or not marked finished ends FAIL
+  with the reason recorded (Ray would leave a NaN trial RUNNING, and tell a trial
+  stopped early COMPLETE with partial values);
+- per-epoch metrics of a multi-objective study are kept as the trial's
+  ``history`` user attribute (Optuna cannot report intermediate values there);
+- the trainable never raises for a trial's own failure: it reports the failure,
+  so the study goes on and the message is stored.
+
+Trials run as Tune trials with ``{"cpu": c, "gpu": g}`` resources, on a local Ray
+runtime (``ray.init(num_cpus=...)``) or an existing cluster (``address``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from mpsearch.errors import MpsearchError
+from mpsearch.spec import StudySpec, parse_spec
+from mpsearch.study import Progress, _json_safe, define_space
+from mpsearch.trial import ATTR_FAIL, ATTR_HISTORY, run_trial
+
+DONE = "mpsearch_done"
+VALUES = "mpsearch_values"
+ATTRS = "mpsearch_attrs"
+EPOCH = "mpsearch_epoch"
+NUMBER = "_number"
+
+
+def _trainable(config: dict, spec_dict: dict, artefacts: str, threads: int) -> None:
+    """One trial in a Ray worker: run it and report its outcome as the final result."""
+    from ray import tune
+
+    spec = parse_spec(spec_dict, source="study spec")
+
+    def reporter(epoch: int, metrics: dict) -> None:
+        tune.report({EPOCH: json.dumps(_json_safe(dict(metrics)))})
+
+    outcome = run_trial(spec, int(config[NUMBER]), config["strategy"], config["params"],
+                        artefacts=Path(artefacts), threads=threads, reporter=reporter)
+    final: dict[str, Any] = {DONE: True, ATTRS: json.dumps(_json_safe(outcome.attrs))}
+    if outcome.values is not None:
+        final[VALUES] = json.dumps(outcome.values)
+        final.update(outcome.values)
+    tune.report(final)
+
+
+def _trial_dirname(trial) -> str:
+    return f"trial-{trial.config.get(NUMBER, trial.trial_id)}"
+
+
+def _searcher_class():
+    from ray.tune.search.optuna import OptunaSearch
+
+    class MpsearchOptunaSearch(OptunaSearch):
+        """OptunaSearch that records what mpsearch needs and never leaves a trial RUNNING."""
+
+        def __init__(self, *args, objective_names: list[str], progress: Progress | None, **kw):
+            super().__init__(*args, **kw)
+            self._objective_names = objective_names
+            self._progress = progress
+            self._histories: dict[str, list] = {}
+
+        def suggest(self, trial_id: str):
+            config = super().suggest(trial_id)
+            if config is None:
+                return None
+            config[NUMBER] = self._ot_trials[trial_id].number
+            if self._progress is not None:
+                self._progress.running += 1
+                self._progress.show()
+            return config
+
+        def save(self, checkpoint_path: str) -> None:
+            # Tune checkpoints its searcher for experiment restore; mpsearch resumes from
+            # the Optuna storage instead (the search space is a closure and cannot pickle).
+            Path(checkpoint_path).write_text(json.dumps({"study": self._study_name}))
+
+        def restore(self, checkpoint_path: str) -> None:
+            raise MpsearchError("Ray experiment restore is not used; resume the study with "
+                                "'mpsearch study run NAME'.")
+
+        def on_trial_result(self, trial_id: str, result: dict) -> None:
+            if EPOCH not in result or trial_id not in self._ot_trials:
+                return
+            history = self._histories.setdefault(trial_id, [])
+            history.append(json.loads(result[EPOCH]))
+            self._ot_trials[trial_id].set_user_attr(ATTR_HISTORY, history)
+
+        def on_trial_complete(self, trial_id: str, result: dict | None = None,
+                              error: bool = False) -> None:
+            from optuna.trial import TrialState
+
+            if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+                return
+            ot_trial = self._ot_trials[trial_id]
+            values, reason = None, None
+            if result and result.get(DONE):
+                attrs = json.loads(result.get(ATTRS, "{}"))
+                for key, value in attrs.items():
+                    ot_trial.set_user_attr(key, value)
+                if VALUES in result:
+                    found = json.loads(result[VALUES])
+                    values = [found.get(n) for n in self._objective_names]
+                    if any(v is None or not math.isfinite(v) for v in values):
+                        reason = f"objective values missing or not finite: {found}"
+                        values = None
+                else:
+                    reason = attrs.get(ATTR_FAIL, "the trial failed without a reason")
+            else:
+                reason = ("the trial stopped before it finished"
+                          + (" (its worker raised or died)" if error else " (stopped early)"))
+            if values is None:
+                ot_trial.set_user_attr(ATTR_FAIL, reason)
+                self._ot_study.tell(ot_trial, state=TrialState.FAIL)
+            else:
+                self._ot_study.tell(ot_trial, values)
+            self._completed_trials.add(trial_id)
+            if self._progress is not None:
+                self._progress.finished(None if values is None else
+                                        dict(zip(self._objective_names, values)))
+                self._progress.show(event=True)
+
+    return MpsearchOptunaSearch
+
+
+def run_with_ray(study, spec: StudySpec, host, remaining: int, storage_url: str | None,
+                 artefacts: Path, *, address: str | None = None,
+                 progress: Progress | None = None) -> None:
+    """Run ``remaining`` trials of ``study`` on Ray Tune and record them in the study."""
+    try:
+        import ray
+        from ray import tune
+    except ImportError as exc:  # pragma: no cover - ray is a dependency
+        raise MpsearchError("the ray executor needs Ray: pip install 'ray[tune]'; or use "
+                            "--executor local.") from exc
+    from mpsearch.storage import open_storage
+    from mpsearch.study import make_sampler
+
+    # Per-epoch results carry no objective values; only the final one does.
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    started_here = False
+    if not ray.is_initialized():
+        t = time.monotonic()
+        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
+                                  "configure_logging": False}
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            cpus = max(int(math.ceil(spec.resources.cpus_per_trial * spec.resources.max_concurrent)),
+                       os.cpu_count() or 1)
+            ray.init(num_cpus=cpus, **kwargs)
+        started_here = True
+        if progress is not None:
+            progress.detail = f"| ray started in {time.monotonic() - t:.1f} s"
+    try:
+        names = [o.name for o in spec.study.objectives]
+        modes = ["max" if o.direction == "maximize" else "min" for o in spec.study.objectives]
+        searcher = _searcher_class()(
+            space=define_space(spec, host), metric=names, mode=modes, sampler=make_sampler(spec),
+            study_name=spec.name, storage=open_storage(storage_url), objective_names=names,
+            progress=progress)
+        trainable = tune.with_resources(
+            tune.with_parameters(_trainable, spec_dict=spec.to_dict(), artefacts=str(artefacts),
+                                 threads=max(1, int(spec.resources.cpus_per_trial))),
+            {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial})
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=remaining,
+                                        max_concurrent_trials=spec.resources.max_concurrent,
+                                        # a worker that already imported torch and loaded the
+                                        # data takes the next trial: seconds saved per trial
+                                        reuse_actors=True,
+                                        trial_dirname_creator=_trial_dirname),
+            run_config=tune.RunConfig(name=f"{spec.name}-{int(time.time())}",
+                                      storage_path=str(artefacts / "ray"), verbose=0,
+                                      failure_config=tune.FailureConfig(max_failures=0)))
+        tuner.fit()
+    finally:
+        if started_here:
+            ray.shutdown()

@@ -1,0 +1,260 @@
+"""Create, run and resume studies: an Optuna multi-objective study, trials run by Ray Tune or in-process.
+
+Optuna owns the search over hyperparameters and the record: every trial's
+strategy, hyperparameters, objective values and attributes live in the study's
+storage, which ``mpsearch study show``, ``optuna`` and optuna-dashboard all read.
+Ray Tune owns placement (see :mod:`mpsearch.ray_executor`); ``executor="local"``
+runs the same trial function in this process, one trial after another.
+
+Resuming: trials that a dead driver left RUNNING are marked FAIL (with the reason)
+and re-queued with the same parameters, so numbering continues and no COMPLETE
+trial is repeated or lost. Only one driver should run a study at a time.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mpsearch import __version__
+from mpsearch.errors import MpsearchError
+from mpsearch.spec import ACCURACY, StudySpec, parse_spec
+from mpsearch.storage import (OBJECTIVES_ATTR, SPEC_ATTR, UNITS_ATTR, load_study, open_storage,
+                              study_dir)
+from mpsearch.trial import ATTR_FAIL, TrialOutcome, run_trial
+
+RETRY_OF = "retry_of"
+ORPHAN = "orphaned"
+STRATEGY_PARAM = "strategy"
+
+
+def make_sampler(spec: StudySpec):
+    """The spec's Optuna sampler, seeded with the study's seed."""
+    import optuna
+
+    seed = spec.study.seed
+    if spec.study.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    if spec.study.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    if spec.study.sampler == "nsga3":
+        return optuna.samplers.NSGAIIISampler(seed=seed)
+    if spec.study.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    # The strategy choice makes the space dynamic; GP then samples those
+    # parameters independently, which it would otherwise warn about every trial.
+    return optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False)
+
+
+def define_space(spec: StudySpec, host) -> Callable[[Any], dict[str, Any]]:
+    """The define-by-run search space: a strategy, then that strategy's hyperparameters.
+
+    Returns the strategy's parameters under their own names (the Optuna trial
+    holds them as ``strategy.name``).
+    """
+    names = [s.name for s in spec.strategies]
+
+    def space(trial) -> dict[str, Any]:
+        name = trial.suggest_categorical(STRATEGY_PARAM, names) if len(names) > 1 else names[0]
+        if len(names) == 1:
+            trial.set_user_attr(STRATEGY_PARAM, name)
+        strategy = host.strategies.get(name)()
+        return {"strategy": name, "params": strategy.suggest(trial, spec.strategy(name).space, name)}
+
+    return space
+
+
+def create_study(spec: StudySpec, storage_url: str | None, host) -> Any:
+    """Create the study in the storage (SQLite file created if needed).
+
+    Raises:
+        MpsearchError: a study of that name already exists there.
+    """
+    import optuna
+
+    storage = open_storage(storage_url, create=True)
+    if spec.name in optuna.get_all_study_names(storage):
+        raise MpsearchError(f"study {spec.name!r} already exists in {storage_url!r}; continue it with "
+                            f"'mpsearch study run {spec.name}' or choose another [study] name.")
+    directions = [o.direction for o in spec.study.objectives]
+    study = optuna.create_study(study_name=spec.name, storage=storage, directions=directions,
+                                sampler=make_sampler(spec))
+    study.set_user_attr(SPEC_ATTR, spec.to_dict())
+    study.set_user_attr(OBJECTIVES_ATTR, [o.name for o in spec.study.objectives])
+    study.set_user_attr(UNITS_ATTR, {n: host.objectives.get(n).unit for n in spec.cost_objectives})
+    study.set_user_attr("mpsearch_version", __version__)
+    return study
+
+
+def stored_spec(study, host=None) -> StudySpec:
+    """The spec a study was created with."""
+    raw = study.user_attrs.get(SPEC_ATTR)
+    if raw is None:
+        raise MpsearchError(f"study {study.study_name!r} was not created by mpsearch "
+                            f"(it has no stored spec).")
+    return parse_spec(raw, source=f"study {study.study_name!r}", host=host)
+
+
+def reconcile(study) -> list[int]:
+    """Fail the trials left RUNNING by a driver that stopped, and re-queue their parameters.
+
+    Returns the numbers of the trials that were failed.
+    """
+    from optuna.trial import TrialState
+
+    orphans = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    storage = study._storage
+    for t in orphans:
+        storage.set_trial_user_attr(t._trial_id, ATTR_FAIL,
+                                    "left RUNNING by a driver that stopped; re-queued with the "
+                                    "same parameters")
+        storage.set_trial_user_attr(t._trial_id, ORPHAN, True)
+        storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+        attrs = {RETRY_OF: t.number}
+        if STRATEGY_PARAM in t.user_attrs:
+            attrs[STRATEGY_PARAM] = t.user_attrs[STRATEGY_PARAM]
+        study.enqueue_trial(t.params, user_attrs=attrs, skip_if_exists=False)
+    return [t.number for t in orphans]
+
+
+def finished_count(study) -> int:
+    """Trials that count toward ``n_trials``: COMPLETE, or FAIL for a reason of their own."""
+    from optuna.trial import TrialState
+
+    return sum(1 for t in study.get_trials(deepcopy=False)
+               if t.state == TrialState.COMPLETE
+               or (t.state == TrialState.FAIL and not t.user_attrs.get(ORPHAN)))
+
+
+@dataclass
+class Progress:
+    """Counts for the live display: trials running, done, failed, best accuracy, elapsed."""
+
+    total: int
+    stream: Any = field(default_factory=lambda: sys.stderr)
+    running: int = 0
+    done: int = 0
+    failed: int = 0
+    best: float = float("nan")
+    started: float = field(default_factory=time.monotonic)
+    detail: str = ""
+
+    def line(self) -> str:
+        best = "-" if math.isnan(self.best) else f"{self.best:.4f}"
+        elapsed = time.monotonic() - self.started
+        return (f"trials: {self.running} running, {self.done} done, {self.failed} failed "
+                f"of {self.total} | best accuracy {best} | {elapsed:5.0f} s {self.detail}")
+
+    def show(self, event: bool = False) -> None:
+        """Redraw the line; when not on a terminal, print only on ``event`` (a trial ended)."""
+        tty = self.stream.isatty()
+        if not tty and not event:
+            return
+        self.stream.write(self.line().ljust(100) + ("\r" if tty else "\n"))
+        self.stream.flush()
+
+    def finished(self, outcome_values: dict | None) -> None:
+        self.running = max(0, self.running - 1)
+        if outcome_values is None:
+            self.failed += 1
+        else:
+            self.done += 1
+            acc = outcome_values.get(ACCURACY, float("nan"))
+            if not math.isnan(acc) and (math.isnan(self.best) or acc > self.best):
+                self.best = acc
+
+
+def record(study, trial, spec: StudySpec, outcome: TrialOutcome) -> None:
+    """Store a finished trial: attributes, then COMPLETE with its values or FAIL."""
+    from optuna.trial import TrialState
+
+    for key, value in _json_safe(outcome.attrs).items():
+        trial.set_user_attr(key, value)
+    if outcome.failed:
+        study.tell(trial, state=TrialState.FAIL)
+    else:
+        study.tell(trial, [outcome.values[o.name] for o in spec.study.objectives])
+
+
+def run_study(name: str, storage_url: str | None, host, *, n_trials: int | None = None,
+              executor: str | None = None, address: str | None = None,
+              progress: bool = True) -> Any:
+    """Run (or continue) a study until it has its trials, and return it.
+
+    Args:
+        n_trials: run this many more trials (default: up to the spec's ``n_trials``).
+        executor: ``"ray"`` or ``"local"`` (default: the spec's).
+        address: an existing Ray cluster (``HOST:PORT`` or ``auto``).
+    """
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = load_study(storage_url, name)
+    spec = stored_spec(study, host)
+    study.sampler = make_sampler(spec)
+    orphans = reconcile(study)
+    if orphans and progress:
+        print(f"re-queued trial(s) {', '.join(map(str, orphans))} left running by a stopped driver",
+              file=sys.stderr)
+    remaining = n_trials if n_trials is not None else max(0, spec.study.n_trials - finished_count(study))
+    if remaining == 0:
+        return study
+    artefacts = study_dir(storage_url, name)
+    artefacts.mkdir(parents=True, exist_ok=True)
+    executor = executor or spec.resources.executor
+    if executor == "local":
+        _run_local(study, spec, host, remaining, artefacts, progress)
+    else:
+        from mpsearch.ray_executor import run_with_ray
+
+        run_with_ray(study, spec, host, remaining, storage_url, artefacts, address=address,
+                     progress=Progress(remaining) if progress else None)
+    return study
+
+
+def _run_local(study, spec: StudySpec, host, remaining: int, artefacts: Path, progress: bool) -> None:
+    space = define_space(spec, host)
+    display = Progress(remaining)
+    for _ in range(remaining):
+        trial = study.ask()
+        drawn = space(trial)
+        display.running += 1
+        if progress:
+            display.show()
+
+        def reporter(epoch: int, metrics: dict, _trial=trial) -> None:
+            if progress:
+                display.detail = f"| trial {_trial.number} epoch {epoch}"
+                display.show()
+
+        outcome = run_trial(spec, trial.number, drawn["strategy"], drawn["params"],
+                            artefacts=artefacts, threads=int(spec.resources.cpus_per_trial),
+                            reporter=reporter)
+        record(study, trial, spec, outcome)
+        display.finished(outcome.values)
+        display.detail = ""
+        if progress:
+            display.show(event=True)
+    if progress and sys.stderr.isatty():
+        sys.stderr.write("\n")
+
+
+def _json_safe(value: Any) -> Any:
+    """Attributes as JSON-serialisable values (Optuna stores user attributes as JSON)."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return str(value)
