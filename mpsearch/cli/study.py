@@ -88,7 +88,8 @@ def _run(host, name: str, url: str, n_trials, executor, address, quiet: bool) ->
         sys.exit(130)
     from mpsearch.cli.study_report import print_front
 
-    print_front(result, url)
+    click.echo("")
+    print_front(result)
 
 
 def _spec_plugins(path: Path) -> tuple[str, ...]:

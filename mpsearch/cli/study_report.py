@@ -1,0 +1,195 @@
+"""``mpsearch study list|show|export|plot``: reading studies back from their storage.
+
+These are plain commands; the ``study`` group attaches :data:`COMMANDS`. Every
+error a user can act on is a one-line :class:`~mpsearch.errors.MpsearchError`.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import click
+
+from mpsearch.errors import MpsearchError
+from mpsearch.storage import DEFAULT_STORAGE
+
+storage_option = click.option("--storage", default=DEFAULT_STORAGE, show_default=True, metavar="URL",
+                              help="Optuna storage (SQLAlchemy URL) holding the study.")
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def _accuracy(value: Any) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:.4f}"
+
+
+def _table(columns: dict[str, list[str]], left: tuple[str, ...] = ()) -> str:
+    """A plain text table: the ``left`` columns aligned left, the others (numbers) right."""
+    widths = {h: max([len(h), *map(len, v)]) for h, v in columns.items()}
+
+    def line(cells: dict[str, str]) -> str:
+        return "  ".join(c.ljust(widths[h]) if h in left else c.rjust(widths[h])
+                         for h, c in cells.items()).rstrip()
+
+    rows = len(next(iter(columns.values()), []))
+    out = [line({h: h for h in columns})]
+    out += [line({h: v[i] for h, v in columns.items()}) for i in range(rows)]
+    return "\n".join(out)
+
+
+def _params(row: Any, columns: list[str]) -> str:
+    """``bits=4, lr=0.01`` from the row's own strategy's hyperparameter columns."""
+    prefix = f"{row['strategy']}."
+    return ", ".join(f"{c[len(prefix):]}={_fmt(row[c])}" for c in columns
+                     if c.startswith(prefix) and _fmt(row[c]) != "-")
+
+
+def _trials_table(study, frame, show_state: bool) -> str:
+    from mpsearch import report
+    from mpsearch import trial as T
+
+    unit = report.units(study)
+    names = report.objective_names(study)
+    fixed = {"number", "state", "strategy", *names, T.ATTR_TEST_ACCURACY, T.ATTR_WEIGHT_BITS,
+             T.ATTR_ACT_BITS, T.ATTR_EPOCHS, T.ATTR_SECONDS, T.ATTR_SEED, T.ATTR_ARTEFACTS, T.ATTR_FAIL}
+    params = [c for c in frame.columns if c not in fixed]
+    out = {"trial": [str(n) for n in frame["number"]]}
+    if show_state:
+        out["state"] = list(frame["state"])
+    out["strategy"] = [_fmt(v) for v in frame["strategy"]]
+    for n in names:
+        header = f"{n} [{unit[n]}]" if unit.get(n) else n
+        out[header] = [(_accuracy if n == report.ACCURACY else _fmt)(v) for v in frame[n]]
+    out["test accuracy"] = [_accuracy(v) for v in frame[T.ATTR_TEST_ACCURACY]]
+    out["weight bits"] = [_fmt(v, 3) for v in frame[T.ATTR_WEIGHT_BITS]]
+    out["act. bits"] = [_fmt(v, 3) for v in frame[T.ATTR_ACT_BITS]]
+    out["hyperparameters"] = [_params(r, params) for _, r in frame.iterrows()]
+    if show_state:
+        out["fail reason"] = ["" if not isinstance(v, str) else v for v in frame[T.ATTR_FAIL]]
+    return _table(out, left=("state", "strategy", "hyperparameters", "fail reason"))
+
+
+@click.command("list")
+@storage_option
+def list_studies(storage: str) -> None:
+    """List every study in the storage: trials by state, objectives, best accuracy."""
+    from mpsearch.report import ACCURACY
+    from mpsearch.storage import OBJECTIVES_ATTR, open_storage
+
+    store = open_storage(storage)
+    studies = store.get_all_studies()
+    if not studies:
+        click.echo(f"no studies in {storage}")
+        return
+    rows = []
+    for s in sorted(studies, key=lambda s: s.study_name):
+        trials = store.get_all_trials(store.get_study_id_from_name(s.study_name), deepcopy=False)
+        states = [t.state.name for t in trials]
+        names = s.user_attrs.get(OBJECTIVES_ATTR) or [f"value{i}" for i in range(len(s.directions))]
+        names = [o["name"] if isinstance(o, dict) else str(o) for o in names]
+        best = math.nan
+        if ACCURACY in names:
+            i = names.index(ACCURACY)
+            acc = [t.values[i] for t in trials if t.state.name == "COMPLETE" and t.values]
+            best = max(acc) if acc else math.nan
+        rows.append({"study": s.study_name, "complete": str(states.count("COMPLETE")),
+                     "failed": str(states.count("FAIL")), "running": str(states.count("RUNNING")),
+                     "objectives": ", ".join(names), "best accuracy": _accuracy(best)})
+    columns = {h: [r[h] for r in rows] for h in rows[0]}
+    click.echo(_table(columns, left=("study", "objectives")))
+
+
+@click.command("show")
+@click.argument("name")
+@storage_option
+@click.option("--all", "show_all", is_flag=True, help="Show every trial, not only the Pareto front.")
+def show(name: str, storage: str, show_all: bool) -> None:
+    """Show study NAME: its Pareto front, hypervolume and a summary per strategy."""
+    from mpsearch.storage import load_study
+
+    print_front(load_study(storage, name), show_all=show_all)
+
+
+def print_front(study, show_all: bool = False) -> None:
+    """Print a study's Pareto front (or every trial), its hypervolume and a per-strategy summary."""
+    from mpsearch import report
+
+    name = study.study_name
+    frame = report.trials_frame(study) if show_all else report.front_frame(study)
+    counts = frame["state"].value_counts() if show_all else None
+    title = (f"study {name}: all {len(frame)} trials" if show_all else
+             f"study {name}: Pareto front, {len(frame)} trial(s)")
+    if counts is not None and len(counts):
+        title += " (" + ", ".join(f"{v} {k.lower()}" for k, v in counts.items()) + ")"
+    click.echo(title)
+    if len(frame):
+        click.echo(_trials_table(study, frame, show_all))
+    else:
+        click.echo("  no completed trials yet")
+    reference = report.reference_point(study)
+    hv = report.study_hypervolume(study, reference)
+    click.echo(f"\nhypervolume {hv.value:.6g}; reference: {reference.describe(report.units(study))}")
+    summary = report.strategy_summary(study, reference)
+    if len(summary):
+        click.echo("\nper strategy:")
+        table = summary.reset_index()
+        cell = {c: _accuracy if c == f"best_{report.ACCURACY}" else _fmt for c in table.columns}
+        columns = {c.replace("_", " "): [cell[c](v) if isinstance(v, float) else str(v) for v in table[c]]
+                   for c in table.columns}
+        click.echo(_table(columns, left=("strategy",)))
+
+
+@click.command("export")
+@click.argument("name")
+@storage_option
+@click.option("--format", "format_", type=click.Choice(["csv", "json", "parquet"]), default=None,
+              help="File format (default: from the -o suffix, else csv).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="File to write (default: NAME.<format> in the working directory).")
+def export(name: str, storage: str, format_: str | None, output: str | None) -> None:
+    """Export every trial of study NAME, one row each, as csv, json or parquet."""
+    from mpsearch import report
+    from mpsearch.storage import load_study
+
+    study = load_study(storage, name)
+    format_ = report.export_format(output, format_)
+    path = Path(output) if output else Path(f"{name}{report.FORMATS[format_]}")
+    rows = report.export(study, path, format_)
+    click.echo(f"wrote {rows} row(s) to {path}")
+
+
+@click.command("plot")
+@click.argument("name")
+@storage_option
+@click.option("-o", "--output-dir", type=click.Path(file_okay=False), default=".", show_default=True,
+              help="Folder for the PNG files (created if missing).")
+@click.option("--trial", "trial_number", type=int, default=None,
+              help="Also plot this trial's bits per layer.")
+def plot(name: str, storage: str, output_dir: str, trial_number: int | None) -> None:
+    """Plot study NAME's accuracy-cost front (and, with --trial, one trial's bits per layer)."""
+    from mpsearch import plots
+    from mpsearch.storage import load_study
+
+    study = load_study(storage, name)
+    folder = Path(output_dir)
+    if trial_number is not None:
+        plots.artefacts_of(study, trial_number)  # fail before drawing anything
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MpsearchError(f"cannot create the folder {str(folder)!r}: {exc.strerror or exc}.") from exc
+    click.echo(f"wrote {plots.plot_front(study, folder / f'{name}-front.png')}")
+    if trial_number is not None:
+        path = folder / f"{name}-trial{trial_number}-bits.png"
+        click.echo(f"wrote {plots.plot_layer_bits(study, trial_number, path)}")
+
+
+COMMANDS = (list_studies, show, export, plot)

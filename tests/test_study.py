@@ -1,0 +1,252 @@
+"""Studies end to end: creation, local and Ray execution, failures, resume, reproducibility."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from click.testing import CliRunner
+from optuna.trial import TrialState
+
+from mpsearch.cli import cli
+from mpsearch.host import PluginHost
+from mpsearch.spec import load_spec
+from mpsearch.study import create_study, run_study
+
+TOY = Path(__file__).with_name("toy_plugin.py")
+
+
+def toy_spec(tmp_path: Path, name: str = "toy", n_trials: int = 3, executor: str = "local",
+             extra: str = "", space: str = "", concurrent: int = 1) -> Path:
+    path = tmp_path / f"{name}.toml"
+    path.write_text(textwrap.dedent(f"""\
+        plugins = ["{TOY}"]
+        [study]
+        name = "{name}"
+        objectives = ["accuracy", "bitops"]
+        sampler = "random"
+        n_trials = {n_trials}
+        seed = 3
+        [model]
+        name = "lenet5"
+        [data]
+        name = "mnist-mini"
+        train_subset = 1000
+        [training]
+        epochs = 1
+        batch_size = 100
+        [[strategy]]
+        name = "toy"
+        {space}
+        [resources]
+        executor = "{executor}"
+        max_concurrent = {concurrent}
+        """) + extra)
+    return path
+
+
+@pytest.fixture
+def host():
+    return PluginHost([str(TOY)], entry_points=False)
+
+
+def url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'mpsearch.db'}"
+
+
+def test_a_local_study_is_an_ordinary_optuna_study(tmp_path, host):
+    spec = load_spec(toy_spec(tmp_path, n_trials=3), host)
+    create_study(spec, url(tmp_path), host)
+    run_study("toy", url(tmp_path), host, progress=False)
+    study = optuna.load_study(study_name="toy", storage=url(tmp_path))
+    assert [t.number for t in study.trials] == [0, 1, 2]
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)
+    assert study.directions == [optuna.study.StudyDirection.MAXIMIZE,
+                                optuna.study.StudyDirection.MINIMIZE]
+    for t in study.trials:
+        accuracy, bitops = t.values
+        assert 0 <= accuracy <= 1 and bitops > 0
+        assert 0 <= t.user_attrs["test_accuracy"] <= 1
+        assert t.user_attrs["strategy"] == "toy"
+        folder = Path(t.user_attrs["artefacts"])
+        assert (folder / "assignment.json").is_file() and (folder / "model.pt").is_file()
+        assert t.user_attrs["history"] and "val_accuracy" in t.user_attrs["history"][-1]
+    assert study.user_attrs["objectives"] == ["accuracy", "bitops"]
+    assert study.user_attrs["units"] == {"bitops": "GBitOPs"}
+    # a finished study runs nothing more; --n-trials adds more, numbering continues
+    run_study("toy", url(tmp_path), host, progress=False)
+    assert len(optuna.load_study(study_name="toy", storage=url(tmp_path)).trials) == 3
+    run_study("toy", url(tmp_path), host, n_trials=1, progress=False)
+    assert [t.number for t in optuna.load_study(study_name="toy", storage=url(tmp_path)).trials] == [0, 1, 2, 3]
+
+
+def test_failures_are_recorded_and_the_study_goes_on(tmp_path, host):
+    spec = load_spec(toy_spec(tmp_path, n_trials=3,
+                              space='space.behaviour = ["ok", "raise", "nan"]'), host)
+    study = create_study(spec, url(tmp_path), host)
+    for behaviour in ("raise", "nan", "ok"):
+        study.enqueue_trial({"toy.bits": 4, "toy.behaviour": behaviour})
+    run_study("toy", url(tmp_path), host, progress=False)
+    trials = optuna.load_study(study_name="toy", storage=url(tmp_path)).trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL, TrialState.COMPLETE]
+    assert "the toy strategy was told to raise" in trials[0].user_attrs["fail_reason"]
+    assert "NaN" in trials[1].user_attrs["fail_reason"]
+    assert "fail_reason" not in trials[2].user_attrs
+
+
+def test_same_spec_and_seed_give_the_same_first_trial(tmp_path, host):
+    accuracies = []
+    for name in ("first", "second"):
+        spec = load_spec(toy_spec(tmp_path, name=name, n_trials=1), host)
+        create_study(spec, url(tmp_path), host)
+        study = run_study(name, url(tmp_path), host, progress=False)
+        accuracies.append((study.trials[0].params, study.trials[0].values))
+    (p1, (a1, c1)), (p2, (a2, c2)) = accuracies
+    assert p1 == p2 and abs(a1 - a2) <= 1e-6 and c1 == c2
+
+
+def test_resume_after_the_driver_is_killed(tmp_path):
+    spec = toy_spec(tmp_path, n_trials=4)
+    env = {**os.environ, "MPSEARCH_COMPILE": "off"}
+    driver = subprocess.Popen([sys.executable, "-m", "mpsearch.cli", "study", "create", str(spec),
+                               "--storage", url(tmp_path), "--quiet"], cwd=tmp_path, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    killed_running = None
+    while time.monotonic() < deadline and driver.poll() is None:
+        try:
+            trials = optuna.load_study(study_name="toy", storage=url(tmp_path)).trials
+        except (KeyError, Exception):  # noqa: BLE001 - not created yet
+            time.sleep(0.2)
+            continue
+        complete = [t for t in trials if t.state == TrialState.COMPLETE]
+        running = [t for t in trials if t.state == TrialState.RUNNING]
+        if complete and running:
+            killed_running = running[0]
+            driver.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.1)
+    driver.wait(timeout=30)
+    assert killed_running is not None, driver.stderr.read().decode()[-2000:]
+    before = {t.number: t.values for t in optuna.load_study(study_name="toy", storage=url(tmp_path)).trials
+              if t.state == TrialState.COMPLETE}
+
+    result = CliRunner().invoke(cli, ["--plugin", str(TOY), "study", "run", "toy",
+                                      "--storage", url(tmp_path), "--quiet"])
+    assert result.exit_code == 0, result.output
+    trials = optuna.load_study(study_name="toy", storage=url(tmp_path)).trials
+    assert [t.number for t in trials] == list(range(len(trials)))  # numbering continues
+    assert all(t.state in (TrialState.COMPLETE, TrialState.FAIL) for t in trials)
+    for number, values in before.items():  # nothing COMPLETE lost or changed
+        assert trials[number].state == TrialState.COMPLETE and trials[number].values == values
+    orphan = trials[killed_running.number]
+    assert orphan.state == TrialState.FAIL and "driver that stopped" in orphan.user_attrs["fail_reason"]
+    retries = [t for t in trials if t.user_attrs.get("retry_of") == killed_running.number]
+    assert len(retries) == 1 and retries[0].params == killed_running.params
+    assert retries[0].state == TrialState.COMPLETE
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 4
+
+
+@pytest.mark.ray
+def test_ray_study_with_two_concurrent_trials(tmp_path):
+    spec = toy_spec(tmp_path, n_trials=4, executor="ray", concurrent=2)
+    runner = CliRunner()
+    result = runner.invoke(cli, ["study", "create", str(spec), "--storage", url(tmp_path), "--quiet"])
+    assert result.exit_code == 0, result.output
+    study = optuna.load_study(study_name="toy", storage=url(tmp_path))
+    assert len(study.trials) == 4
+    assert all(t.state in (TrialState.COMPLETE, TrialState.FAIL) for t in study.trials)
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 4
+    front = study.best_trials
+    for a in front:  # non-dominated
+        for b in complete:
+            assert not (b.values[0] >= a.values[0] and b.values[1] <= a.values[1]
+                        and b.values != a.values)
+    assert all(t.user_attrs["history"] for t in complete)  # per-epoch metrics kept
+    shown = runner.invoke(cli, ["study", "show", "toy", "--storage", url(tmp_path)])
+    assert shown.exit_code == 0 and "GBitOPs" in shown.output
+    out = tmp_path / "toy.csv"
+    exported = runner.invoke(cli, ["study", "export", "toy", "--storage", url(tmp_path),
+                                   "--format", "csv", "-o", str(out)])
+    assert exported.exit_code == 0 and len(out.read_text().strip().splitlines()) == 5
+    plotted = runner.invoke(cli, ["study", "plot", "toy", "--storage", url(tmp_path),
+                                  "-o", str(tmp_path), "--trial", str(front[0].number)])
+    assert plotted.exit_code == 0
+    assert sorted(p.suffix for p in tmp_path.glob("*.png")) == [".png", ".png"]
+
+
+BAD_SPECS = [
+    ("[study\nname=", "not valid TOML"),
+    ("[study]\nname='x'\nobjectives=['accuracy','bitops']\nn_trials=2\ncolour='red'\n"
+     "[model]\nname='lenet5'\n[data]\nname='mnist-mini'\n[[strategy]]\nname='uniform'\n",
+     "unknown key(s) colour in [study]"),
+    ("[study]\nname='x'\nobjectives=['accuracy','bitops']\nn_trials='ten'\n"
+     "[model]\nname='lenet5'\n[data]\nname='mnist-mini'\n[[strategy]]\nname='uniform'\n",
+     "[study] n_trials must be an integer >= 1"),
+    ("[study]\nname='x'\nobjectives=['accuracy','bitop']\nn_trials=2\n"
+     "[model]\nname='lenet5'\n[data]\nname='mnist-mini'\n[[strategy]]\nname='uniform'\n",
+     "unknown objective 'bitop'. Did you mean 'bitops'"),
+    ("[study]\nname='x'\nobjectives=['bitops']\nn_trials=2\n"
+     "[model]\nname='lenet5'\n[data]\nname='mnist-mini'\n[[strategy]]\nname='uniform'\n",
+     "must include \"accuracy\""),
+    ("[study]\nname='x'\nobjectives=['accuracy','bitops']\nn_trials=2\nsampler='cmaes'\n"
+     "[model]\nname='lenet5'\n[data]\nname='mnist-mini'\n[[strategy]]\nname='uniform'\n",
+     "sampler must be one of tpe, nsga2, nsga3, random, gp"),
+    ("[study]\nname='x'\nobjectives=['accuracy','bitops']\nn_trials=2\n"
+     "[model]\nname='lenet6'\n[data]\nname='mnist-mini'\n[[strategy]]\nname='uniform'\n",
+     "unknown model 'lenet6'"),
+    ("[study]\nname='x'\nobjectives=['accuracy','bitops']\nn_trials=2\n"
+     "[model]\nname='lenet5'\n[data]\nname='mnist-mini'\n[[strategy]]\nname='bitprunning'\n",
+     "unknown strategy 'bitprunning'"),
+    ("[study]\nname='x'\nobjectives=['accuracy','bitops']\nn_trials=2\n"
+     "[model]\nname='lenet5'\n[data]\nname='mnist-mini'\nvalidation_fraction=1.5\n"
+     "[[strategy]]\nname='uniform'\n", "validation_fraction must lie strictly between 0 and 1"),
+    ("[study]\nname='x'\nobjectives=['accuracy','bitops']\nn_trials=2\n"
+     "[model]\nname='lenet5'\n[data]\nname='mnist-mini'\n[[strategy]]\nname='uniform'\n"
+     "space.colour=[1,2]\n", "unknown parameter(s) colour"),
+    ("[study]\nname='x'\nobjectives=['accuracy','bitops']\nn_trials=2\n"
+     "[model]\nname='lenet5'\n[data]\nname='mnist-mini'\n[[strategy]]\nname='uniform'\n"
+     "space.bits={low=8, high=2}\n", "low (8) must be below high (2)"),
+    ("[study]\nname='x'\nobjectives=['accuracy','bitops']\nn_trials=2\n"
+     "[model]\nname='lenet5'\n[data]\nname='mnist-mini'\n[[strategy]]\nname='uniform'\n"
+     "[training]\ndevice='tpu'\n", "[training] device must be one of auto, cpu, cuda"),
+    ("[study]\nname='x'\nobjectives=['accuracy','bitops']\nn_trials=2\n"
+     "[model]\nname='lenet5'\n[data]\nname='mnist-mini'\n[[strategy]]\nname='uniform'\n"
+     "[backend]\nname='stripes'\n", "unknown backend 'stripes'"),
+    ("[study]\nname='x'\nobjectives=['accuracy','bitops']\nn_trials=2\n[model]\nname='lenet5'\n"
+     "[data]\nname='mnist-mini'\n", "is missing strategy"),
+]
+
+
+@pytest.mark.parametrize("text, message", BAD_SPECS)
+def test_bad_specs_give_one_line_errors_and_create_nothing(tmp_path, text, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    result = CliRunner().invoke(cli, ["study", "create", str(path), "--storage", url(tmp_path)])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], result.output
+    assert not (tmp_path / "mpsearch.db").exists()
+
+
+def test_create_without_running_then_run(tmp_path):
+    spec = toy_spec(tmp_path, n_trials=1)
+    runner = CliRunner()
+    created = runner.invoke(cli, ["study", "create", str(spec), "--storage", url(tmp_path), "--no-run"])
+    assert created.exit_code == 0 and "created study 'toy'" in created.output
+    assert optuna.load_study(study_name="toy", storage=url(tmp_path)).trials == []
+    again = runner.invoke(cli, ["study", "create", str(spec), "--storage", url(tmp_path), "--no-run"])
+    assert again.exit_code == 1 and "already exists" in again.output
+    ran = runner.invoke(cli, ["study", "run", "toy", "--storage", url(tmp_path), "--quiet"])
+    assert ran.exit_code == 0, ran.output
+    assert len(optuna.load_study(study_name="toy", storage=url(tmp_path)).trials) == 1
+    unknown = runner.invoke(cli, ["study", "run", "tyo", "--storage", url(tmp_path)])
+    assert unknown.exit_code == 1 and "Did you mean 'toy'" in unknown.output
