@@ -27,6 +27,8 @@ from mpsearch.registry import Registry
 ENTRY_POINT_GROUP = "mpsearch"
 
 DEFAULT_PLUGINS: tuple[str, ...] = (
+    "mpsearch.plugins.strategy_uniform",
+    "mpsearch.plugins.strategy_random",
     "mpsearch.plugins.objective_bitops",
     "mpsearch.plugins.objective_size",
     "mpsearch.plugins.objective_memory",

@@ -135,8 +135,12 @@ def _searcher_class():
 
 def run_with_ray(study, spec: StudySpec, host, remaining: int, storage_url: str | None,
                  artefacts: Path, *, address: str | None = None,
-                 progress: Progress | None = None) -> None:
-    """Run ``remaining`` trials of ``study`` on Ray Tune and record them in the study."""
+                 progress: Progress | None = None) -> dict[str, float]:
+    """Run ``remaining`` trials of ``study`` on Ray Tune and record them in the study.
+
+    Returns:
+        Timings: ``ray_start_seconds`` (0 when Ray was already running).
+    """
     try:
         import ray
         from ray import tune
@@ -149,7 +153,7 @@ def run_with_ray(study, spec: StudySpec, host, remaining: int, storage_url: str 
     # Per-epoch results carry no objective values; only the final one does.
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    started_here = False
+    started_here, ray_start = False, 0.0
     if not ray.is_initialized():
         t = time.monotonic()
         kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
@@ -160,9 +164,9 @@ def run_with_ray(study, spec: StudySpec, host, remaining: int, storage_url: str 
             cpus = max(int(math.ceil(spec.resources.cpus_per_trial * spec.resources.max_concurrent)),
                        os.cpu_count() or 1)
             ray.init(num_cpus=cpus, **kwargs)
-        started_here = True
+        started_here, ray_start = True, time.monotonic() - t
         if progress is not None:
-            progress.detail = f"| ray started in {time.monotonic() - t:.1f} s"
+            progress.detail = f"| ray started in {ray_start:.1f} s"
     try:
         names = [o.name for o in spec.study.objectives]
         modes = ["max" if o.direction == "maximize" else "min" for o in spec.study.objectives]
@@ -189,3 +193,4 @@ def run_with_ray(study, spec: StudySpec, host, remaining: int, storage_url: str 
     finally:
         if started_here:
             ray.shutdown()
+    return {"ray_start_seconds": ray_start}

@@ -29,6 +29,7 @@ from mpsearch.storage import (OBJECTIVES_ATTR, SPEC_ATTR, UNITS_ATTR, load_study
 from mpsearch.trial import ATTR_FAIL, TrialOutcome, run_trial
 
 RETRY_OF = "retry_of"
+RUNS = "runs"  # one record per `run`: executor, trials, wall seconds, Ray start-up seconds
 ORPHAN = "orphaned"
 STRATEGY_PARAM = "strategy"
 
@@ -207,13 +208,19 @@ def run_study(name: str, storage_url: str | None, host, *, n_trials: int | None 
     artefacts = study_dir(storage_url, name)
     artefacts.mkdir(parents=True, exist_ok=True)
     executor = executor or spec.resources.executor
+    started, timings = time.time(), {}
     if executor == "local":
         _run_local(study, spec, host, remaining, artefacts, progress)
     else:
         from mpsearch.ray_executor import run_with_ray
 
-        run_with_ray(study, spec, host, remaining, storage_url, artefacts, address=address,
-                     progress=Progress(remaining) if progress else None)
+        timings = run_with_ray(study, spec, host, remaining, storage_url, artefacts, address=address,
+                               progress=Progress(remaining) if progress else None)
+    runs = list(study.user_attrs.get(RUNS, []))
+    runs.append({"started": started, "executor": executor, "trials": remaining,
+                 "max_concurrent": spec.resources.max_concurrent,
+                 "seconds": time.time() - started, **timings})
+    study.set_user_attr(RUNS, runs)
     return study
 
 

@@ -35,7 +35,7 @@ def quantizer(kind: str, bits, alpha: float = 2.0):
     if kind == "minmax":
         return MinMaxQuantizer(bits)
     if kind == "dorefa":
-        return DoReFaQuantizer(bits)
+        return DoReFaQuantizer(bits, rescale=False)
     return PACTQuantizer(bits, alpha=alpha)
 
 
@@ -95,10 +95,19 @@ def test_straight_through_gradients():
 
     x.grad = None
     w = torch.randn(20, 5, requires_grad=True)
-    DoReFaQuantizer(FixedBits(4))(w).backward(torch.ones(20, 5))
+    DoReFaQuantizer(FixedBits(4), rescale=False)(w).backward(torch.ones(20, 5))
     t = torch.tanh(w.detach())
     # d(2 q(tanh(w) / 2m + 1/2) - 1)/dw = (1 - tanh^2) / m under the straight-through estimate
     assert torch.allclose(w.grad, (1 - t * t) / t.abs().max(), atol=1e-5)
+
+
+def test_rescaled_dorefa_keeps_the_weight_range():
+    w = torch.randn(30, 8) * 0.05
+    q = DoReFaQuantizer(FixedBits(3))(w)
+    plain = DoReFaQuantizer(FixedBits(3), rescale=False)(w)
+    assert torch.allclose(q, plain * w.abs().max())
+    assert float(q.abs().max()) == pytest.approx(float(w.abs().max()))
+    assert DoReFaQuantizer(FixedBits(3)).scale_bits() == 32
 
 
 def test_two_sided_pact_for_signed_inputs():

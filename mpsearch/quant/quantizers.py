@@ -77,14 +77,34 @@ class DoReFaQuantizer(WidthQuantizer):
     """DoReFa weight quantization (Zhou et al. 2016), as FracBits uses it.
 
     ``W~ = tanh(W) / (2 max|tanh(W)|) + 1/2`` and ``Q_W = 2 q_n(W~) - 1`` with
-    ``q_n(x) = round((2**n - 1) x) / (2**n - 1)``. The maximum is treated as a
-    constant. Weights are represented in ``[-1, 1]`` with no stored scale.
+    ``q_n(x) = round((2**n - 1) x) / (2**n - 1)``. The maxima are treated as
+    constants.
+
+    Deviation: DoReFa's ``Q_W`` lies in ``[-1, 1]`` whatever the layer's weight
+    scale, which only batch normalisation after the layer absorbs; a network
+    without it (LeNet-5) then does not train. So ``Q_W`` is scaled back to the
+    layer's range, ``max|W| * Q_W`` (SAT, which FracBits builds on, rescales the
+    quantized weights for the same reason). That stores one float32 per tensor.
+    Set ``rescale=False`` for the paper's plain form.
     """
+
+    def __init__(self, bits, rescale: bool = True):
+        super().__init__(bits)
+        self.rescale = bool(rescale)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         t = torch.tanh(w)
         m = t.detach().abs().max().clamp_min(torch.finfo(w.dtype).tiny)
-        return self._quantize(t, -m, 2 * m, -1.0, 2.0)
+        if not self.rescale:
+            return self._quantize(t, -m, 2 * m, -1.0, 2.0)
+        r = w.detach().abs().max()
+        return self._quantize(t, -m, 2 * m, -r, 2 * r)
+
+    def scale_bits(self) -> int:
+        return 32 if self.rescale else 0
+
+    def extra_repr(self) -> str:
+        return f"rescale={self.rescale}"
 
 
 class PACTQuantizer(WidthQuantizer):

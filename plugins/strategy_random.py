@@ -1,0 +1,205 @@
+"""The ``random`` strategy: random per-layer widths under a cost budget, the best one fine-tuned."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from mpsearch.assignment import MAX_BITS, PrecisionAssignment
+from mpsearch.errors import MpsearchError
+from mpsearch.hookspecs import hookimpl
+from mpsearch.profile import ModelProfile
+from mpsearch.quant import QUANTIZER_FAMILIES, quantize_at
+from mpsearch.spec import Param, SpecError
+from mpsearch.strategy import Strategy, StrategyResult
+
+REFERENCE_BITS = 8  # the budget is a fraction of the uniform 8-bit assignment's cost
+BUDGET_SLACK = 1e-9  # relative: a cost that equals the budget up to rounding fits it
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A sampled assignment (legal for the backend), its cost, and whether it met the budget."""
+
+    assignment: PrecisionAssignment
+    cost: float
+    fits: bool
+
+
+class RandomStrategy(Strategy):
+    """Random per-layer bit-widths under a cost budget; the best of a few, briefly fine-tuned, is trained.
+
+    The search-based baseline of HAQ (Wang et al., CVPR 2019) without the agent:
+    the float model is trained for ``max(1, pretrain_epochs)`` epochs, then
+    ``candidates`` assignments are drawn, each weight and each input group at a
+    width uniform in ``[min_bits, max_bits]``. A draw whose cost (legalised, on
+    the study's first cost objective) exceeds the budget has the widths of
+    randomly chosen groups lowered one bit at a time, never below ``min_bits``,
+    until it fits, as HAQ does; a budget that even ``min_bits`` everywhere
+    exceeds leaves ``min_bits`` everywhere, recorded as over budget. Each
+    candidate is a copy of the pretrained model quantized at its widths and
+    fine-tuned for ``candidate_epochs`` epochs, then scored on the validation
+    split. The best (highest validation accuracy; ties: lower cost) is quantized
+    again from the pretrained model and trained for the spec's ``epochs``.
+    Every epoch of training, the candidates' included, counts in
+    ``epochs_trained``.
+
+    Parameters (defaults):
+        budget: range 0.1-0.6; the cost budget as a fraction of the uniform
+            8-bit assignment's cost on the study's first cost objective.
+        candidates: integer range 4-8; assignments drawn and fine-tuned.
+        candidate_epochs: fixed 0.25; fine-tuning per candidate (fractions train
+            part of an epoch).
+        min_bits, max_bits: fixed 2 and 8.
+        quantizer: fixed ``"dorefa-pact"``, or ``"minmax"`` (for networks without
+            batch norm, such as LeNet-5, which DoReFa's unscaled weights break).
+
+    Deviation from HAQ: HAQ lowers the layers' widths in turn; here the group
+    lowered is drawn at random, so repeated draws do not all end alike.
+    """
+
+    parameters: ClassVar[Mapping[str, Param]] = {
+        "budget": Param(low=0.1, high=0.6),
+        "candidates": Param(low=4, high=8, integer=True),
+        "candidate_epochs": Param(value=0.25),
+        "min_bits": Param(value=2),
+        "max_bits": Param(value=8),
+        "quantizer": Param(value="dorefa-pact"),
+    }
+
+    @classmethod
+    def check_space(cls, space: Mapping[str, Param], where: str) -> None:
+        """Reject unknown names, non-positive budgets or epochs, and widths outside 1-32 or crossed."""
+        super().check_space(space, where)
+        merged = {**cls.parameters, **space}
+        for name in ("budget", "candidate_epochs"):
+            for v in _values(merged[name]):
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+                    raise SpecError(f"{where}.{name}: {v!r} must be a positive number.")
+        for name, highest in (("candidates", None), ("min_bits", MAX_BITS), ("max_bits", MAX_BITS)):
+            p = merged[name]
+            if p.low is not None and not p.integer:
+                raise SpecError(f"{where}.{name}: a range needs integer low and high.")
+            for v in _values(p):
+                if (isinstance(v, bool) or not isinstance(v, int) or v < 1
+                        or (highest is not None and v > highest)):
+                    valid = f"1-{highest}" if highest else "of at least 1"
+                    raise SpecError(f"{where}.{name}: {v!r} must be an integer {valid}.")
+        if max(_values(merged["min_bits"])) > min(_values(merged["max_bits"])):
+            raise SpecError(f"{where}: min_bits can exceed max_bits; every min_bits must be at most "
+                            f"every max_bits.")
+        for v in _values(merged["quantizer"]):
+            if v not in QUANTIZER_FAMILIES:
+                raise SpecError(f"{where}.quantizer: {v!r} is not a quantizer family; use one "
+                                f"of {', '.join(QUANTIZER_FAMILIES)}.")
+
+    def run(self, context, params: Mapping[str, Any]) -> StrategyResult:
+        p = self.resolve(params)
+        if not context.objectives:
+            raise MpsearchError("strategy 'random' needs a cost objective for its budget; add one "
+                                "to [study] objectives.")
+        name = next(iter(context.objectives))
+        objective = context.objectives[name]
+
+        def cost(legal: PrecisionAssignment) -> float:
+            return objective.evaluate(context.profile, legal, context.backend)
+
+        reference = cost(context.legalise(
+            PrecisionAssignment.uniform(context.profile, REFERENCE_BITS, REFERENCE_BITS)))
+        budget = float(p["budget"]) * reference
+
+        pretrained = context.model
+        context.fit(pretrained, max(1, context.training.pretrain_epochs), phase="pretrain")
+        # Drawn before any candidate trains, so the widths do not depend on the
+        # training's own draws from the same generator.
+        drawn = [sample_under_budget(context.profile, budget, cost, context.legalise,
+                                     context.generator, min_bits=p["min_bits"], max_bits=p["max_bits"])
+                 for _ in range(p["candidates"])]
+        accuracies = []
+        for candidate in drawn:
+            model = quantize_at(copy.deepcopy(pretrained), context.profile, candidate.assignment,
+                                p["quantizer"])
+            context.fit(model, p["candidate_epochs"], report=False, phase="candidate")
+            accuracies.append(context.evaluate(model))
+            del model
+        # max() keeps the first of equals: ties on accuracy and cost go to the earlier draw.
+        best = max(range(len(drawn)), key=lambda i: (accuracies[i], -drawn[i].cost))
+
+        model = quantize_at(copy.deepcopy(pretrained), context.profile, drawn[best].assignment,
+                            p["quantizer"])
+        context.fit(model, context.epochs, phase="train")
+        attrs = {
+            "budget": budget, "budget_fraction": float(p["budget"]), "budget_objective": name,
+            "budget_unit": objective.unit, "reference_cost": reference,
+            "n_candidates": len(drawn), "best_candidate": best,
+            "over_budget": sum(not c.fits for c in drawn),
+            "candidates": [{"cost": c.cost, "val_accuracy": a, "fits": c.fits}
+                           for c, a in zip(drawn, accuracies)],
+        }
+        return StrategyResult(model, drawn[best].assignment, context.epochs_trained, attrs)
+
+    @classmethod
+    def resolve(cls, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The parameters with fixed defaults filled in, checked like a space.
+
+        Raises:
+            MpsearchError: a parameter without a fixed default is missing, or a value is invalid.
+        """
+        missing = [n for n, p in cls.parameters.items() if n not in params and not p.fixed]
+        if missing:
+            raise MpsearchError(f"strategy 'random' needs parameter(s) {', '.join(missing)}.")
+        out = {**{n: p.value for n, p in cls.parameters.items() if p.fixed}, **params}
+        cls.check_space({n: Param(value=v) for n, v in out.items()}, "strategy 'random' parameters")
+        return out
+
+
+def sample_under_budget(profile: ModelProfile, budget: float,
+                        cost: Callable[[PrecisionAssignment], float],
+                        legalise: Callable[[PrecisionAssignment], PrecisionAssignment],
+                        generator: torch.Generator, *, min_bits: int = 2,
+                        max_bits: int = 8) -> Candidate:
+    """Draw one assignment with random widths and lower them until its cost fits ``budget``.
+
+    Args:
+        budget: in the unit of ``cost``.
+        cost: the cost of a legal assignment.
+        legalise: the backend's legalisation (rounds widths up).
+        generator: every draw comes from it, so a seed gives the same candidate.
+
+    Returns:
+        The legal assignment; ``fits`` is False when even ``min_bits`` everywhere
+        exceeds the budget (the assignment is then ``min_bits`` everywhere, legalised).
+    """
+    base = PrecisionAssignment.uniform(profile, max_bits, max_bits)
+    groups = list(base)
+    bits = torch.randint(min_bits, max_bits + 1, (len(groups),), generator=generator).tolist()
+    limit = budget * (1 + BUDGET_SLACK)
+    # Every pass lowers one width by one bit, so the loop ends within
+    # len(groups) * (max_bits - min_bits) passes.
+    while True:
+        legal = legalise(base.replace(dict(zip(groups, bits))))
+        value = cost(legal)
+        if value <= limit:
+            return Candidate(legal, value, True)
+        lowerable = [i for i, b in enumerate(bits) if b > min_bits]
+        if not lowerable:
+            return Candidate(legal, value, False)
+        bits[lowerable[int(torch.randint(len(lowerable), (1,), generator=generator))]] -= 1
+
+
+def _values(p: Param) -> list[Any]:
+    """Every value a space can take (both ends for a range)."""
+    if p.fixed:
+        return [p.value]
+    if p.choices is not None:
+        return list(p.choices)
+    return [p.low, p.high]
+
+
+@hookimpl
+def register_strategies(register):
+    register("random", RandomStrategy)
