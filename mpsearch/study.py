@@ -78,6 +78,7 @@ def create_study(spec: StudySpec, storage_url: str | None, host) -> Any:
     """
     import optuna
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_storage(storage_url, create=True)
     if spec.name in optuna.get_all_study_names(storage):
         raise MpsearchError(f"study {spec.name!r} already exists in {storage_url!r}; continue it with "

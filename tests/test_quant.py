@@ -110,6 +110,20 @@ def test_rescaled_dorefa_keeps_the_weight_range():
     assert DoReFaQuantizer(FixedBits(3)).scale_bits() == 32
 
 
+def test_pact_clip_starts_at_the_first_batch():
+    x = torch.rand(64, 10) * 1.5  # below half of the first 2-bit step of PACT's constant 10
+    fixed = PACTQuantizer(FixedBits(2), alpha=10.0)
+    assert torch.all(fixed(x) == 0)  # every value rounds to 0: no gradient anywhere
+    calibrated = PACTQuantizer(FixedBits(2))
+    out = calibrated(x)
+    assert float(calibrated.alpha) == pytest.approx(float(x.max()))
+    assert out.unique().numel() == 4
+    restored = PACTQuantizer(FixedBits(2))
+    restored.load_state_dict(calibrated.state_dict())
+    restored(x * 5)  # a later, larger batch does not re-calibrate a loaded clip
+    assert float(restored.alpha) == pytest.approx(float(x.max()))
+
+
 def test_two_sided_pact_for_signed_inputs():
     x = torch.linspace(-3, 3, 601, requires_grad=True)
     pact = PACTQuantizer(FixedBits(2), alpha=2.0, two_sided=True)

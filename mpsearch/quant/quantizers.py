@@ -114,14 +114,31 @@ class PACTQuantizer(WidthQuantizer):
     respect to ``alpha`` is PACT's: 1 where ``x >= alpha``, 0 elsewhere. With
     ``two_sided`` the clip is ``[-alpha, alpha]`` (for inputs no ReLU precedes, as
     FracBits does for MobileNetV2) and ``x <= -alpha`` contributes -1.
+
+    Deviation: with ``alpha=None`` (the default) the clip starts at the largest
+    magnitude of the first training batch instead of PACT's constant 10. With a
+    constant far above the activations, every value of a low-width layer rounds
+    to 0, nothing reaches the clip, and neither the network nor ``alpha`` gets a
+    gradient (LeNet-5 at 2 bits stays at chance).
     """
 
-    def __init__(self, bits: BitWidth, alpha: float = 10.0, two_sided: bool = False):
+    def __init__(self, bits: BitWidth, alpha: float | None = None, two_sided: bool = False):
         super().__init__(bits)
-        self.alpha = nn.Parameter(torch.tensor(float(alpha)))
+        self.alpha = nn.Parameter(torch.tensor(1.0 if alpha is None else float(alpha)))
+        self.register_buffer("calibrated", torch.tensor(alpha is not None))
+        self._calibrated = alpha is not None  # mirrors the buffer without a device sync
         self.two_sided = bool(two_sided)
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._calibrated = bool(self.calibrated)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self._calibrated and self.training:
+            with torch.no_grad():
+                self.alpha.copy_(x.detach().abs().max().clamp_min(1e-3))
+                self.calibrated.fill_(True)
+            self._calibrated = True
         a = self.alpha.abs().clamp_min(1e-4)
         if self.two_sided:
             return self._quantize(x, -a, 2 * a, -a, 2 * a, alpha=self.alpha, two_sided=True)
