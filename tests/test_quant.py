@@ -101,12 +101,14 @@ def test_straight_through_gradients():
     assert torch.allclose(w.grad, (1 - t * t) / t.abs().max(), atol=1e-5)
 
 
-def test_rescaled_dorefa_keeps_the_weight_range():
+def test_rescaled_dorefa_keeps_the_mean_weight_magnitude():
     w = torch.randn(30, 8) * 0.05
     q = DoReFaQuantizer(FixedBits(3))(w)
     plain = DoReFaQuantizer(FixedBits(3), rescale=False)(w)
-    assert torch.allclose(q, plain * w.abs().max())
-    assert float(q.abs().max()) == pytest.approx(float(w.abs().max()))
+    assert torch.allclose(q, plain * (w.abs().mean() / plain.abs().mean()))
+    assert float(q.abs().mean()) == pytest.approx(float(w.abs().mean()), rel=1e-5)
+    binary = DoReFaQuantizer(FixedBits(1))(w)  # XNOR-Net: sign(w) * mean|w|
+    assert torch.allclose(binary, torch.sign(w) * w.abs().mean(), atol=1e-7)
     assert DoReFaQuantizer(FixedBits(3)).scale_bits() == 32
 
 

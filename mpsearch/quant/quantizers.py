@@ -82,10 +82,13 @@ class DoReFaQuantizer(WidthQuantizer):
 
     Deviation: DoReFa's ``Q_W`` lies in ``[-1, 1]`` whatever the layer's weight
     scale, which only batch normalisation after the layer absorbs; a network
-    without it (LeNet-5) then does not train. So ``Q_W`` is scaled back to the
-    layer's range, ``max|W| * Q_W`` (SAT, which FracBits builds on, rescales the
-    quantized weights for the same reason). That stores one float32 per tensor.
-    Set ``rescale=False`` for the paper's plain form.
+    without it (LeNet-5) then does not train. So ``Q_W`` is rescaled to the mean
+    magnitude of the float weights, ``Q_W * mean|W| / mean|Q_W|`` (the scale is a
+    constant for the gradient; at 1 bit it is XNOR-Net's optimal binary scale,
+    and SAT, which FracBits builds on, rescales quantized weights for the same
+    reason). Scaling to ``max|W|`` instead blows low widths up: most weights land
+    on the first non-zero level, far above their own size. One float32 is stored
+    per tensor. ``rescale=False`` gives the paper's plain form.
     """
 
     def __init__(self, bits, rescale: bool = True):
@@ -95,10 +98,11 @@ class DoReFaQuantizer(WidthQuantizer):
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         t = torch.tanh(w)
         m = t.detach().abs().max().clamp_min(torch.finfo(w.dtype).tiny)
+        q = self._quantize(t, -m, 2 * m, -1.0, 2.0)
         if not self.rescale:
-            return self._quantize(t, -m, 2 * m, -1.0, 2.0)
-        r = w.detach().abs().max()
-        return self._quantize(t, -m, 2 * m, -r, 2 * r)
+            return q
+        scale = w.detach().abs().mean() / q.detach().abs().mean().clamp_min(torch.finfo(w.dtype).tiny)
+        return q * scale
 
     def scale_bits(self) -> int:
         return 32 if self.rescale else 0
