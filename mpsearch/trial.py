@@ -48,8 +48,15 @@ ATTR_HISTORY = "history"
 
 
 def trial_seed(study_seed: int, number: int) -> int:
-    """The seed of trial ``number`` of a study seeded ``study_seed``."""
-    return (study_seed * 1_000_003 + number * 7_919 + 1) % 2**31
+    """The seed of trial ``number`` of a study seeded ``study_seed``.
+
+    Every trial of a study gets the same seed: the same initial weights, the same
+    data order, the same noise. Differences between trials then come from their
+    strategies and hyperparameters, not from luck of the draw (common random
+    numbers), and any trial can be re-run exactly from the study's seed.
+    """
+    del number  # kept in the signature: a future option may vary seeds per trial
+    return (study_seed * 1_000_003 + 1) % 2**31
 
 
 def seed_everything(seed: int) -> torch.Generator:
