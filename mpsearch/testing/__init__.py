@@ -3,9 +3,10 @@
 - :func:`tiny_model` / :func:`tiny_profile`: a small network with every kind of
   quantizable layer (convolution, grouped, depthwise, linear).
 - :mod:`mpsearch.testing.strategies`: Hypothesis strategies for assignments.
-- :class:`~mpsearch.testing.objectives.ObjectiveTestCase`,
+- :class:`~mpsearch.testing.strategies_suite.StrategyTestCase`,
+  :class:`~mpsearch.testing.objectives.ObjectiveTestCase`,
   :class:`~mpsearch.testing.backends.BackendTestCase`: subclass them in a plugin's
-  tests to check the contracts every objective and backend must keep.
+  tests to check the contracts every strategy, objective and backend must keep.
 """
 
 from __future__ import annotations
