@@ -67,6 +67,14 @@ class Param:
     def fixed(self) -> bool:
         return self.choices is None and self.low is None
 
+    def values(self) -> list[Any]:
+        """Every value the space can take (both ends of a range), to validate them."""
+        if self.fixed:
+            return [self.value]
+        if self.choices is not None:
+            return list(self.choices)
+        return [self.low, self.high]
+
     def to_dict(self) -> Any:
         if self.fixed:
             return self.value

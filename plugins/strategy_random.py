@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -55,8 +55,7 @@ class RandomStrategy(Strategy):
         candidate_epochs: fixed 0.25; fine-tuning per candidate (fractions train
             part of an epoch).
         min_bits, max_bits: fixed 2 and 8.
-        quantizer: fixed ``"dorefa-pact"``, or ``"minmax"`` (for networks without
-            batch norm, such as LeNet-5, which DoReFa's unscaled weights break).
+        quantizer: fixed ``"dorefa-pact"``, or ``"minmax"``.
 
     Deviation from HAQ: HAQ lowers the layers' widths in turn; here the group
     lowered is drawn at random, so repeated draws do not all end alike.
@@ -77,22 +76,22 @@ class RandomStrategy(Strategy):
         super().check_space(space, where)
         merged = {**cls.parameters, **space}
         for name in ("budget", "candidate_epochs"):
-            for v in _values(merged[name]):
+            for v in merged[name].values():
                 if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
                     raise SpecError(f"{where}.{name}: {v!r} must be a positive number.")
         for name, highest in (("candidates", None), ("min_bits", MAX_BITS), ("max_bits", MAX_BITS)):
             p = merged[name]
             if p.low is not None and not p.integer:
                 raise SpecError(f"{where}.{name}: a range needs integer low and high.")
-            for v in _values(p):
+            for v in p.values():
                 if (isinstance(v, bool) or not isinstance(v, int) or v < 1
                         or (highest is not None and v > highest)):
                     valid = f"1-{highest}" if highest else "of at least 1"
                     raise SpecError(f"{where}.{name}: {v!r} must be an integer {valid}.")
-        if max(_values(merged["min_bits"])) > min(_values(merged["max_bits"])):
+        if max(merged["min_bits"].values()) > min(merged["max_bits"].values()):
             raise SpecError(f"{where}: min_bits can exceed max_bits; every min_bits must be at most "
                             f"every max_bits.")
-        for v in _values(merged["quantizer"]):
+        for v in merged["quantizer"].values():
             if v not in QUANTIZER_FAMILIES:
                 raise SpecError(f"{where}.quantizer: {v!r} is not a quantizer family; use one "
                                 f"of {', '.join(QUANTIZER_FAMILIES)}.")
@@ -189,15 +188,6 @@ def sample_under_budget(profile: ModelProfile, budget: float,
         if not lowerable:
             return Candidate(legal, value, False)
         bits[lowerable[int(torch.randint(len(lowerable), (1,), generator=generator))]] -= 1
-
-
-def _values(p: Param) -> list[Any]:
-    """Every value a space can take (both ends for a range)."""
-    if p.fixed:
-        return [p.value]
-    if p.choices is not None:
-        return list(p.choices)
-    return [p.low, p.high]
 
 
 @hookimpl

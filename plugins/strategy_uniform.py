@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from mpsearch.assignment import MAX_BITS, PrecisionAssignment
@@ -34,8 +34,7 @@ class UniformStrategy(Strategy):
             the first and last quantized layers (weights and inputs) at 8 bits, as
             most papers do.
         quantizer: fixed ``"dorefa-pact"`` (DoReFa weights, PACT activations), or
-            ``"minmax"``. DoReFa keeps no weight scale, so a network without batch
-            norm (LeNet-5) does not train with it: use ``"minmax"`` there.
+            ``"minmax"`` (BitPruning's min-max quantizer for both).
 
     Only the parameters a space makes relevant are drawn and recorded: ``bits``
     is neither drawn nor recorded when both separate widths are given.
@@ -59,12 +58,12 @@ class UniformStrategy(Strategy):
             p = merged[name]
             if p.low is not None and not p.integer:
                 raise SpecError(f"{where}.{name}: a range of widths needs integer low and high.")
-            for v in _values(p):
+            for v in p.values():
                 if isinstance(v, bool) or not isinstance(v, int) or not lowest <= v <= MAX_BITS:
                     raise SpecError(f"{where}.{name}: {v!r} is not a width; use integers "
                                     f"{lowest}-{MAX_BITS}" + (" (0: the same as bits)."
                                                              if lowest == 0 else "."))
-        for v in _values(merged["quantizer"]):
+        for v in merged["quantizer"].values():
             if v not in QUANTIZER_FAMILIES:
                 raise SpecError(f"{where}.quantizer: {v!r} is not a quantizer family; use one "
                                 f"of {', '.join(QUANTIZER_FAMILIES)}.")
@@ -123,22 +122,13 @@ def widths(params: Mapping[str, Any]) -> tuple[int, int]:
     return out[0], out[1]
 
 
-def _values(p: Param) -> Iterable[Any]:
-    """Every value a space can take (both ends for a range)."""
-    if p.fixed:
-        return [p.value]
-    if p.choices is not None:
-        return list(p.choices)
-    return [p.low, p.high]
-
-
 def _is_follow(p: Param) -> bool:
     """A space that always means "the same as bits" (the default fixed 0)."""
     return p.fixed and p.value == 0
 
 
 def _needs_bits(merged: Mapping[str, Param]) -> bool:
-    return any(0 in _values(merged[name]) for name in SEPARATE)
+    return any(0 in merged[name].values() for name in SEPARATE)
 
 
 @hookimpl
