@@ -32,6 +32,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "mpsearch.plugins.objective_bitops",
     "mpsearch.plugins.objective_size",
     "mpsearch.plugins.objective_memory",
+    "mpsearch.plugins.objective_footprint",
     "mpsearch.plugins.backend_generic",
     "mpsearch.plugins.model_lenet5",
     "mpsearch.plugins.model_resnet20",

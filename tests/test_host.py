@@ -92,7 +92,7 @@ def test_unknown_names_suggest_close_matches(host):
         host.objectives.get("bitop")
     message = str(info.value)
     assert "unknown objective 'bitop'. Did you mean 'bitops'?" in message
-    assert "Available: bitops, memory, memory@128, size." in message
+    assert "Available: bitops, footprint, footprint@128, memory, memory@128, size." in message
     assert "\n" not in message
 
 

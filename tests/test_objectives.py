@@ -61,6 +61,11 @@ def test_lenet5_costs_by_hand(objectives, models):
         (weight_bits + 4 * 32 + largest) / 8 / 1e6, rel=1e-12)
     assert objectives.get("memory@128").evaluate(profile, a) == pytest.approx(
         (weight_bits + 4 * 32 + 128 * largest) / 8 / 1e6, rel=1e-12)
+    every = 28 * 28 * 8 + (20 * 12 * 12 + 800) * 6 + 500 * 8  # all inputs, first/last at 8
+    assert objectives.get("footprint").evaluate(profile, a) == pytest.approx(
+        (weight_bits + 4 * 32 + every) / 8 / 1e6, rel=1e-12)
+    assert objectives.get("footprint@128").evaluate(profile, a) == pytest.approx(
+        (weight_bits + 4 * 32 + 128 * every) / 8 / 1e6, rel=1e-12)
 
 
 def test_bitops_gradient_is_macs_times_activation_bits(objectives):
@@ -122,3 +127,15 @@ class TestMemoryBatch128(ObjectiveTestCase):
     @pytest.fixture
     def objective(self, objectives):
         return objectives.get("memory@128")
+
+
+class TestFootprint(ObjectiveTestCase):
+    @pytest.fixture
+    def objective(self, objectives):
+        return objectives.get("footprint")
+
+
+class TestFootprintBatch128(ObjectiveTestCase):
+    @pytest.fixture
+    def objective(self, objectives):
+        return objectives.get("footprint@128")

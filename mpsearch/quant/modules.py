@@ -123,6 +123,23 @@ def assignment_from_model(model: nn.Module, profile: ModelProfile, **meta) -> Pr
     return PrecisionAssignment(bits, profile.group_shapes(), scale, meta)
 
 
+def fractional_bits(model: nn.Module, profile: ModelProfile) -> dict[str, torch.Tensor]:
+    """Group -> the current widths of a quantized model, as tensors carrying gradients.
+
+    The input of a cost objective's differentiable form: learnable widths stay
+    attached to the graph; fixed ones are constants; groups without a quantizer
+    are float (32 bits).
+    """
+    qs = quantizers(model)
+    device = next(model.parameters()).device
+    out = {}
+    for group in profile.group_shapes():
+        q = qs.get(group)
+        out[group] = (torch.tensor(float(MAX_BITS), device=device) if q is None
+                      else q.widths().to(device))
+    return out
+
+
 def freeze_bits(model: nn.Module) -> None:
     """Replace every learnable width by its integer value (shared widths stay shared).
 

@@ -37,6 +37,14 @@ class Quantizer(nn.Module, ABC):
         """Bits this quantizer stores besides the quantized values (scales, offsets)."""
         return 0
 
+    def widths(self) -> torch.Tensor:
+        """The current widths as a float tensor, differentiable where they are learned.
+
+        Gradient strategies put these into a cost objective's differentiable form.
+        The default is the integer widths, a constant.
+        """
+        return torch.as_tensor(self.integer_bits(), dtype=torch.float32)
+
 
 class WidthQuantizer(Quantizer):
     """A quantizer whose widths come from a :class:`BitWidth` module."""
@@ -47,6 +55,9 @@ class WidthQuantizer(Quantizer):
 
     def integer_bits(self) -> Bits:
         return self.bits.discrete()
+
+    def widths(self) -> torch.Tensor:
+        return self.bits()
 
     def _quantize(self, x, lo, scale, out_lo, out_scale, **kw) -> torch.Tensor:
         fixed = isinstance(self.bits, FixedBits)
