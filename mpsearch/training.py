@@ -51,12 +51,15 @@ def train_epoch(model: nn.Module, data: ImageData, optimizer: torch.optim.Optimi
                 schedule: torch.optim.lr_scheduler.LRScheduler | None = None,
                 extra_loss: Callable[[], torch.Tensor] | None = None,
                 after_step: Callable[[], None] | None = None,
-                max_batches: int | None = None) -> dict[str, float]:
+                max_batches: int | None = None,
+                extra_optimizers: Sequence[torch.optim.Optimizer] = ()) -> dict[str, float]:
     """One pass over ``data`` (or its first ``max_batches`` batches).
 
     Args:
         extra_loss: added to the cross-entropy at every step (a regulariser on bits).
         after_step: called after every optimizer step (e.g. to project parameters).
+        extra_optimizers: stepped with ``optimizer`` (e.g. Adam for SMOL's noise
+            magnitudes beside SGD for the weights); not scheduled.
 
     Returns:
         Mean task loss, mean total loss and training accuracy over the epoch.
@@ -78,8 +81,12 @@ def train_epoch(model: nn.Module, data: ImageData, optimizer: torch.optim.Optimi
         task = F.cross_entropy(logits, y)
         loss = task if extra_loss is None else task + extra_loss()
         optimizer.zero_grad(set_to_none=True)
+        for extra in extra_optimizers:
+            extra.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        for extra in extra_optimizers:
+            extra.step()
         if schedule is not None:
             schedule.step()
         if after_step is not None:

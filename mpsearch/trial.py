@@ -13,7 +13,7 @@ import json
 import math
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -159,12 +159,17 @@ class TrialContext:
     def fit(self, model: nn.Module, epochs: float, groups: list[dict[str, Any]] | None = None, *,
             lr: float | None = None, extra_loss: Callable[[], torch.Tensor] | None = None,
             after_step: Callable[[], None] | None = None, on_epoch: Callable[[int], dict] | None = None,
-            data: ImageData | None = None, report: bool = True, phase: str = "train") -> dict[str, float]:
+            data: ImageData | None = None, report: bool = True, phase: str = "train",
+            extra_optimizers: Sequence[torch.optim.Optimizer] = ()) -> dict[str, float]:
         """Train ``model`` for ``epochs`` (a fraction trains part of an epoch) with the spec's optimizer.
 
         Args:
-            groups: optimizer parameter groups (default: all of the model's parameters).
-            on_epoch: called after each epoch with its index; returns extra metrics.
+            groups: optimizer parameter groups (default: all of the model's parameters); a
+                group may set its own ``lr`` and ``weight_decay`` (e.g. learnable widths).
+            on_epoch: called after each epoch with its index; returns extra metrics. It
+                may change the model (e.g. freeze widths at the end of a search phase):
+                the optimizer and its schedule go on, nothing is re-initialised.
+            extra_optimizers: stepped alongside the spec's optimizer, unscheduled.
             report: send each epoch's metrics to the reporter (per-epoch history).
 
         Returns:
@@ -181,7 +186,8 @@ class TrialContext:
         for i, max_batches in enumerate(batches):
             metrics = train_epoch(model, data, optimizer, batch_size=self.training.batch_size,
                                   generator=self.generator, augment=self.augment, schedule=schedule,
-                                  extra_loss=extra_loss, after_step=after_step, max_batches=max_batches)
+                                  extra_loss=extra_loss, after_step=after_step, max_batches=max_batches,
+                                  extra_optimizers=extra_optimizers)
             self.epochs_trained += (steps_per_epoch(data, self.training.batch_size, max_batches)
                                     / steps_per_epoch(self.train, self.training.batch_size))
             metrics["val_accuracy"] = evaluate(model, self.val)
