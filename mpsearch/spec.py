@@ -43,6 +43,9 @@ SCHEDULES = ("cosine", "constant")
 DEVICES = ("auto", "cpu", "cuda")
 COMPILE = ("auto", "on", "off")
 EXECUTORS = ("ray", "local")
+# "sampler": Optuna chooses the strategy like any parameter; "round-robin": trial n runs
+# strategy n mod k, so every strategy gets its share of the trials (method comparisons).
+STRATEGY_CHOICES = ("sampler", "round-robin")
 ACCURACY = "accuracy"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -140,6 +143,7 @@ class StudySection:
     sampler: str = "tpe"
     seed: int = 0
     storage: str | None = None
+    strategy_choice: str = "sampler"
 
 
 @dataclass(frozen=True)
@@ -268,7 +272,8 @@ def parse_spec(raw: Mapping[str, Any], source: str = "spec", host=None) -> Study
                         f"this mpsearch reads version {SPEC_VERSION}.")
 
     s = r.table(raw, "study")
-    r.keys(s, "study", {"name", "objectives", "sampler", "n_trials", "seed", "storage"},
+    r.keys(s, "study", {"name", "objectives", "sampler", "n_trials", "seed", "storage",
+                        "strategy_choice"},
            required={"name", "objectives", "n_trials"})
     name = r.string(s, "study", "name")
     if not _NAME.match(name):
@@ -278,7 +283,8 @@ def parse_spec(raw: Mapping[str, Any], source: str = "spec", host=None) -> Study
         name=name, objectives=objectives, n_trials=r.integer(s, "study", "n_trials", low=1),
         sampler=r.choice(s, "study", "sampler", SAMPLERS, "tpe"),
         seed=r.integer(s, "study", "seed", low=0, default=0),
-        storage=r.string(s, "study", "storage", default=None))
+        storage=r.string(s, "study", "storage", default=None),
+        strategy_choice=r.choice(s, "study", "strategy_choice", STRATEGY_CHOICES, "sampler"))
 
     m = r.table(raw, "model")
     r.keys(m, "model", {"name"}, required={"name"})

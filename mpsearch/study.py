@@ -55,14 +55,20 @@ def make_sampler(spec: StudySpec):
 def define_space(spec: StudySpec, host) -> Callable[[Any], dict[str, Any]]:
     """The define-by-run search space: a strategy, then that strategy's hyperparameters.
 
+    The strategy is an Optuna parameter (``strategy_choice = "sampler"``), or trial
+    ``n`` runs strategy ``n mod k`` (``"round-robin"``, recorded as a user attribute).
+
     Returns the strategy's parameters under their own names (the Optuna trial
     holds them as ``strategy.name``).
     """
     names = [s.name for s in spec.strategies]
+    by_sampler = spec.study.strategy_choice == "sampler" and len(names) > 1
 
     def space(trial) -> dict[str, Any]:
-        name = trial.suggest_categorical(STRATEGY_PARAM, names) if len(names) > 1 else names[0]
-        if len(names) == 1:
+        if by_sampler:
+            name = trial.suggest_categorical(STRATEGY_PARAM, names)
+        else:  # one strategy, or round-robin (a re-queued trial keeps its strategy)
+            name = trial.user_attrs.get(STRATEGY_PARAM) or names[trial.number % len(names)]
             trial.set_user_attr(STRATEGY_PARAM, name)
         strategy = host.strategies.get(name)()
         return {"strategy": name, "params": strategy.suggest(trial, spec.strategy(name).space, name)}

@@ -250,3 +250,16 @@ def test_create_without_running_then_run(tmp_path):
     assert len(optuna.load_study(study_name="toy", storage=url(tmp_path)).trials) == 1
     unknown = runner.invoke(cli, ["study", "run", "tyo", "--storage", url(tmp_path)])
     assert unknown.exit_code == 1 and "Did you mean 'toy'" in unknown.output
+
+
+def test_round_robin_gives_every_strategy_its_share(tmp_path, host):
+    path = toy_spec(tmp_path, n_trials=4, extra='\n[[strategy]]\nname = "uniform"\nspace.bits = 8\n')
+    text = path.read_text().replace('sampler = "random"', 'sampler = "random"\nstrategy_choice = "round-robin"')
+    path.write_text(text)
+    spec = load_spec(path, host)
+    create_study(spec, url(tmp_path), host)
+    run_study("toy", url(tmp_path), host, progress=False)
+    trials = optuna.load_study(study_name="toy", storage=url(tmp_path)).trials
+    assert [t.user_attrs["strategy"] for t in trials] == ["toy", "uniform", "toy", "uniform"]
+    assert all("strategy" not in t.params for t in trials)
+    assert all(t.state == TrialState.COMPLETE for t in trials)
