@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from mpsearch.data import DatasetSource, ImageData, read_image_folder
+from mpsearch.data import DatasetSource, ImageData
+from mpsearch.image_folder import read_image_folder
 from mpsearch.errors import DatasetError
 from mpsearch.hookspecs import hookimpl
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mpsearch.data import DatasetSource, ImageData, channel_stats, read_image_folder
+from mpsearch.data import DatasetSource, ImageData, channel_stats
+from mpsearch.image_folder import read_image_folder
 from mpsearch.errors import MpsearchError
 from mpsearch.hookspecs import hookimpl
 

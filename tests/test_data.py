@@ -14,9 +14,10 @@ import pytest
 import torch
 from PIL import Image
 
-import mpsearch.data as data_mod
-from mpsearch.data import (CROP_PADDING, DatasetSource, ImageData, cache_dir, channel_stats,
-                           crop_flip, read_image_folder, resolve_root)
+import mpsearch.image_folder as image_folder_mod
+from mpsearch.data import (CROP_PADDING, DatasetSource, ImageData, channel_stats, crop_flip,
+                           resolve_root)
+from mpsearch.image_folder import cache_dir, read_image_folder
 from mpsearch.errors import DatasetError, MpsearchError, UnknownNameError
 from mpsearch.plugins.dataset_cifar10 import CIFAR10_CLASSES, CIFAR10Source
 from mpsearch.plugins.dataset_imagefolder import ImageFolderSource
@@ -145,7 +146,7 @@ def test_cifar10_folder_decodes_like_pil_and_caches(shared_datasets, tmp_path, m
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded although cached")
 
-    monkeypatch.setattr(data_mod, "_decode_files", no_decoding)
+    monkeypatch.setattr(image_folder_mod, "_decode_files", no_decoding)
     assert torch.equal(src.load(tmp_path, "test").images, test.images)
     # A changed file changes the key, so the folder is decoded again.
     st = files[0].stat()
