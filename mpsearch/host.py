@@ -29,6 +29,9 @@ ENTRY_POINT_GROUP = "mpsearch"
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "mpsearch.plugins.strategy_uniform",
     "mpsearch.plugins.strategy_random",
+    "mpsearch.plugins.strategy_bitpruning",
+    "mpsearch.plugins.strategy_fracbits",
+    "mpsearch.plugins.strategy_smol",
     "mpsearch.plugins.objective_bitops",
     "mpsearch.plugins.objective_size",
     "mpsearch.plugins.objective_memory",

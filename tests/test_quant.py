@@ -9,7 +9,7 @@ from torch import nn
 from mpsearch.assignment import PrecisionAssignment
 from mpsearch.quant import (DoReFaQuantizer, FixedBits, LearnableBits, MinMaxQuantizer,
                             PACTQuantizer, assignment_from_model, bit_parameters, bits_shape,
-                            fake_quant, freeze_bits, quantize_model, quantized_layers, quantizers,
+                            fake_quant, freeze_bits, quantize_model, quantized_layers, quantizers, project_bits,
                             restore_model, set_compile)
 from mpsearch.testing import TINY_INPUT, tiny_model, tiny_profile
 
@@ -253,6 +253,17 @@ def test_only_plain_layers_are_swapped():
     profile = profile_model(model, TINY_INPUT)
     with pytest.raises(MpsearchError, match="only plain nn.Conv2d"):
         quantize_model(model, profile, lambda l: None, lambda l: None)
+
+
+def test_learnable_bits_pass_gradients_at_their_bounds_and_project():
+    bits = LearnableBits(1.0, min_bits=1.0, max_bits=8.0)
+    (bits() * -1.0).backward()  # a loss that wants more bits
+    assert float(bits.value.grad) == -1.0  # not stopped at the bound
+    with torch.no_grad():
+        bits.value.fill_(0.4)
+    assert float(bits().detach()) == 1.0  # the forward pass clips
+    project_bits([bits])
+    assert float(bits.value) == 1.0
 
 
 def test_learnable_bits_clamp_and_round():

@@ -5,22 +5,24 @@
 - :mod:`~mpsearch.quant.functional`: the fake-quantization kernel.
 - :mod:`~mpsearch.quant.quantizers`: min-max, DoReFa, PACT and the Quantizer interface.
 - :mod:`~mpsearch.quant.modules`: swapping layers for quantized ones and back.
+- :mod:`~mpsearch.quant.smol`: SMOL's noise magnitudes, odd grid and noisy PACT.
 """
 
-from mpsearch.quant.bitwidth import BitWidth, FixedBits, LearnableBits, bit_parameters
+from mpsearch.quant.bitwidth import BitWidth, FixedBits, LearnableBits, bit_parameters, project_bits
 from mpsearch.quant.functional import compile_mode, fake_quant, set_compile
 from mpsearch.quant.granularity import GRANULARITIES, bits_shape
 from mpsearch.quant.modules import (QUANTIZER_FAMILIES, QuantConv2d, QuantLinear, assignment_from_model, freeze_bits,
                                     fractional_bits,
                                     quantize_at,
                                     quantize_model, quantized_layers, quantizers, restore_model)
+from mpsearch.quant.smol import NoiseBits, SmolPACTQuantizer, SmolWeightQuantizer
 from mpsearch.quant.quantizers import (DoReFaQuantizer, MinMaxQuantizer, PACTQuantizer, Quantizer,
                                        WidthQuantizer)
 
 __all__ = [
-    "BitWidth", "FixedBits", "LearnableBits", "bit_parameters", "compile_mode", "fake_quant",
+    "BitWidth", "FixedBits", "LearnableBits", "bit_parameters", "project_bits", "compile_mode", "fake_quant",
     "set_compile", "GRANULARITIES", "bits_shape", "QuantConv2d", "QuantLinear",
     "QUANTIZER_FAMILIES", "assignment_from_model", "freeze_bits", "fractional_bits", "quantize_at", "quantize_model", "quantized_layers", "quantizers",
     "restore_model", "DoReFaQuantizer", "MinMaxQuantizer", "PACTQuantizer", "Quantizer",
-    "WidthQuantizer",
+    "WidthQuantizer", "NoiseBits", "SmolPACTQuantizer", "SmolWeightQuantizer",
 ]

@@ -52,9 +52,12 @@ class FixedBits(BitWidth):
 
 
 class LearnableBits(BitWidth):
-    """Fractional widths trained by gradient descent, clamped to ``[min_bits, max_bits]``.
+    """Fractional widths trained by gradient descent, kept in ``[min_bits, max_bits]``.
 
-    Outside the range the clamp stops the gradient, as a projection would.
+    The forward pass clips the value to the range, and the gradient passes the
+    clip unchanged, so a width that sits on a bound (BitPruning's 1 bit) still
+    sees the gradient that would move it back. Keep the stored value in range by
+    calling :meth:`project_` (or :func:`project_bits`) after each optimizer step.
 
     Args:
         init: the initial width (every element).
@@ -76,7 +79,14 @@ class LearnableBits(BitWidth):
         self.min_bits, self.max_bits, self.rounding = float(min_bits), float(max_bits), rounding
 
     def forward(self) -> torch.Tensor:
-        return self.value.clamp(self.min_bits, self.max_bits)
+        v = self.value
+        return v + (v.clamp(self.min_bits, self.max_bits) - v).detach()
+
+    @torch.no_grad()
+    def project_(self, low: float | None = None, high: float | None = None) -> None:
+        """Clip the stored value into ``[low, high]`` (default: the width range)."""
+        self.value.clamp_(self.min_bits if low is None else low,
+                          self.max_bits if high is None else high)
 
     def discrete(self) -> Bits:
         with torch.no_grad():
@@ -87,6 +97,16 @@ class LearnableBits(BitWidth):
     def extra_repr(self) -> str:
         return (f"shape={tuple(self.value.shape)}, range=[{self.min_bits:g}, {self.max_bits:g}], "
                 f"rounding={self.rounding}")
+
+
+def project_bits(modules: Iterable[nn.Module]) -> None:
+    """Clip every learnable width under ``modules`` back into its range (after a step)."""
+    seen: set[int] = set()
+    for root in modules:
+        for module in root.modules():
+            if isinstance(module, LearnableBits) and id(module) not in seen:
+                seen.add(id(module))
+                module.project_()
 
 
 def bit_parameters(modules: Iterable[nn.Module]) -> list[nn.Parameter]:

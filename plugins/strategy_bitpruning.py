@@ -1,0 +1,386 @@
+"""The ``bitpruning`` strategy: learned fractional bitlengths under a weighted bit regulariser."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from mpsearch.assignment import MAX_BITS, PrecisionAssignment
+from mpsearch.errors import MpsearchError, UnknownNameError
+from mpsearch.hookspecs import hookimpl
+from mpsearch.objectives import Objective, group_sum
+from mpsearch.profile import LayerProfile, ModelProfile
+from mpsearch.quant import (GRANULARITIES, FixedBits, LearnableBits, MinMaxQuantizer,
+                            assignment_from_model, bit_parameters, bits_shape, fractional_bits,
+                            freeze_bits, project_bits, quantize_model, quantizers)
+from mpsearch.spec import Param, SpecError
+from mpsearch.strategy import Strategy, StrategyResult
+from mpsearch.training import make_schedule, steps_per_epoch
+
+UNIFORM = "uniform"
+REFERENCE_BITS = 8  # the regulariser is normalised so that an all-8-bit network costs exactly gamma
+MIN_BITS = 1.0  # "Since the minimum bitlength per value is 1, n is clipped at 1.0" (Sec. II-A)
+FINETUNE_LR_FACTOR = 0.1  # "finetuned ... with 1/10th of the learning rate" (Sec. III-B2)
+ADAM_BETAS = (0.9, 0.99)  # fast.ai's default Adam, which the paper trained with
+
+
+class BitPruningStrategy(Strategy):
+    """BitPruning: learned fractional bitlengths under a weighted bit loss, ceiled, then fine-tuned frozen.
+
+    BitPruning (Nikolić et al., "BitPruning: Learning Bitlengths for Aggressive
+    and Accurate Quantization"). Every weight and input-activation group is
+    quantized uniformly between its tensor's minimum and maximum (for
+    activations, of the batch) with a learnable fractional width
+    ``n = b + a`` that interpolates ``Q(b)`` and ``Q(b + 1)``; rounding passes
+    gradients straight through. First and last layers are quantized too. The
+    loss is ``L + gamma * sum_i lambda_i * n_i`` over the learned widths, with
+    ``lambda`` normalised so that an all-8-bit network's regulariser is exactly
+    ``gamma``. After ``split`` of the trial's epochs every width is set to the
+    ceiling of its learned value, legalised for the backend, and the model is
+    fine-tuned for the rest with the widths frozen and 1/10 of the learning
+    rate. A spec's ``pretrain_epochs`` trains the float model first (the
+    paper's "use as fine-tuning" variant, Sec. III-B5); by default it trains
+    from the fresh model, as the paper's main results do.
+
+    Parameters (defaults):
+        gamma: log range 0.05-5; the regulariser's strength. The paper used
+            0.5-10 on CIFAR-10 (10 did not converge for AlexNet) and 1.0 on
+            ImageNet. On LeNet-5 and the MNIST subset in 1-2 epochs 3 already
+            lost 20 points or collapsed to chance while 0.1-1 kept over 93 %,
+            so the range is lower.
+        lr_bits: log range 0.02-0.5; Adam learning rate of the widths. A width
+            moves by at most about ``lr_bits`` per step, so short trials need
+            large values (the paper trained widths like every other parameter,
+            for 180-300 epochs); 1.0 dropped LeNet-5 to 1 bit within 10 steps
+            and diverged.
+        split: range 0.5-0.9; the fraction of the epochs that learns widths
+            (the paper: 300 of 360 epochs on CIFAR-10, 180 of 270 on ImageNet).
+            Fractions of an epoch train part of one, so a 1-epoch trial searches
+            for ``split`` of an epoch and fine-tunes for the rest.
+        criterion: fixed ``"uniform"`` (every group weighs the same, the
+            paper's main setting), or the name of any registered cost objective
+            with a differentiable form: ``lambda_i`` is then the objective's
+            derivative with respect to ``n_i`` at the all-8-bit widths, so
+            ``footprint`` / ``footprint@128`` weigh each group by its element
+            count at batch 1 / 128 and ``bitops`` by its MACs (Sec. III-A5,
+            Table IV).
+        granularity: fixed ``"layer"`` (the paper's); ``"network"`` shares one
+            width among all weight groups and one among all activation groups;
+            ``"channel"`` learns a weight width per output channel (``"kernel"``,
+            ``"pixel"``, ``"parameter"`` finer still) while activations stay
+            per layer.
+        first_last_bits: fixed 0, no exemption (the paper's); a width pins the
+            first and last layers' weights and inputs there, outside the
+            regulariser.
+        init_bits: fixed 8, the initial width of every group. The paper does not
+            say where widths start; 8 is the width its regulariser is
+            normalised to and the 8-bit network its fine-tuning variant starts from.
+
+    Deviations and choices the paper leaves open:
+        - The weights train with the study's optimizer and schedule (SGD and
+          cosine by default) so that strategies compare on equal terms; the
+          paper used fast.ai's defaults (Adam, one-cycle) for everything. The
+          widths keep Adam (betas 0.9, 0.99, no weight decay) with their own
+          learning rate on the study's schedule: Adam's steps do not scale with
+          the gradient, so ``lr_bits`` does not depend on ``lambda``'s scale,
+          which shrinks as groups are added (per channel, larger models).
+        - n is clipped at 1 by projection after every step, and the gradient
+          passes at the bound, so a width that reached 1 can grow again.
+        - The widths are at most 32 (the largest width an assignment holds).
+        - With ``first_last_bits`` the pinned groups are constants: ``lambda`` is
+          normalised over the learned groups only.
+        - The min-max extremes are constants for the gradient (the engine's
+          :class:`~mpsearch.quant.MinMaxQuantizer`), and at finer than layer
+          granularity every width still uses the layer's minimum and maximum
+          ("the minimum value in the layer", Sec. II-A).
+    """
+
+    parameters: ClassVar[Mapping[str, Param]] = {
+        "gamma": Param(low=0.05, high=5.0, log=True),
+        "lr_bits": Param(low=0.02, high=0.5, log=True),
+        "split": Param(low=0.5, high=0.9),
+        "criterion": Param(value=UNIFORM),
+        "granularity": Param(value="layer"),
+        "first_last_bits": Param(value=0),
+        "init_bits": Param(value=REFERENCE_BITS),
+    }
+
+    @classmethod
+    def check_space(cls, space: Mapping[str, Param], where: str) -> None:
+        """Reject unknown names and values out of range (criteria are checked when a trial runs)."""
+        super().check_space(space, where)
+        merged = {**cls.parameters, **space}
+        for name in ("gamma", "lr_bits"):
+            for v in merged[name].values():
+                if not _is_number(v) or not v > 0:
+                    raise SpecError(f"{where}.{name}: {v!r} must be a positive number.")
+        for v in merged["split"].values():
+            if not _is_number(v) or not 0 < v < 1:
+                raise SpecError(f"{where}.split: {v!r} must be a fraction strictly between 0 and 1 "
+                                f"(the rest of the epochs fine-tune).")
+        for v in merged["criterion"].values():
+            if not isinstance(v, str) or not v:
+                raise SpecError(f"{where}.criterion: {v!r} must be \"uniform\" or the name of a cost "
+                                f"objective.")
+        for v in merged["granularity"].values():
+            if v not in GRANULARITIES:
+                raise SpecError(f"{where}.granularity: {v!r} is not a granularity; use one of "
+                                f"{', '.join(GRANULARITIES)}.")
+        for v in merged["first_last_bits"].values():
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= MAX_BITS:
+                raise SpecError(f"{where}.first_last_bits: {v!r} is not a width; use an integer "
+                                f"1-{MAX_BITS}, or 0 for no exemption.")
+        for v in merged["init_bits"].values():
+            if not _is_number(v) or not MIN_BITS <= v <= MAX_BITS:
+                raise SpecError(f"{where}.init_bits: {v!r} must be a width from 1 to {MAX_BITS}.")
+
+    @classmethod
+    def resolve(cls, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The parameters with fixed defaults filled in, checked like a space.
+
+        Raises:
+            MpsearchError: a parameter without a fixed default is missing, or a value is invalid.
+        """
+        missing = [n for n, p in cls.parameters.items() if n not in params and not p.fixed]
+        if missing:
+            raise MpsearchError(f"strategy 'bitpruning' needs parameter(s) {', '.join(missing)}.")
+        out = {**{n: p.value for n, p in cls.parameters.items() if p.fixed}, **params}
+        cls.check_space({n: Param(value=v) for n, v in out.items()}, "strategy 'bitpruning' parameters")
+        return out
+
+    def run(self, context, params: Mapping[str, Any]) -> StrategyResult:
+        p = self.resolve(params)
+        # Looked up first: a criterion that cannot work fails the trial before any training.
+        objective = criterion_objective(context, p["criterion"])
+        model, profile, training = context.model, context.profile, context.training
+        if training.pretrain_epochs > 0:
+            context.fit(model, training.pretrain_epochs, phase="pretrain")
+        bitpruning_model(model, profile, granularity=p["granularity"], init_bits=float(p["init_bits"]),
+                         first_last_bits=int(p["first_last_bits"]))
+        regulariser = BitRegulariser(model, profile, float(p["gamma"]), objective, p["criterion"])
+
+        search_epochs = context.epochs * float(p["split"])
+        finetune_epochs = context.epochs - search_epochs
+        widths = bit_parameters([model])
+        learned = {id(w) for w in widths}
+        bit_optimizer = torch.optim.Adam(widths, lr=float(p["lr_bits"]), betas=ADAM_BETAS, weight_decay=0.0)
+        bit_schedule = make_schedule(training, bit_optimizer, _steps(context, search_epochs))
+
+        def after_step() -> None:
+            if bit_schedule is not None:
+                bit_schedule.step()
+            project_bits([model])
+
+        def search_metrics(_: int) -> dict[str, float]:
+            w, a = average_bits(model, profile)
+            with torch.no_grad():
+                return {"weight_bits": w, "act_bits": a, "bit_loss": float(regulariser())}
+
+        searched = context.fit(model, search_epochs,
+                               groups=[{"params": [q for q in model.parameters() if id(q) not in learned]}],
+                               extra_loss=regulariser, after_step=after_step, on_epoch=search_metrics,
+                               extra_optimizers=[bit_optimizer], phase="search")
+        search_w, search_a = average_bits(model, profile)
+        legal = discretise(model, profile, context.legalise)
+        ceil_accuracy = context.evaluate(model)
+
+        def finetune_metrics(_: int) -> dict[str, float]:
+            return {"weight_bits": legal.average_weight_bits(), "act_bits": legal.average_activation_bits()}
+
+        context.fit(model, finetune_epochs, lr=training.lr * FINETUNE_LR_FACTOR, on_epoch=finetune_metrics,
+                    phase="finetune")
+        attrs = {"search_weight_bits": search_w, "search_act_bits": search_a,
+                 "search_accuracy": float(searched.get("val_accuracy", float("nan"))),
+                 "ceil_accuracy": ceil_accuracy, "search_epochs": search_epochs,
+                 "finetune_epochs": finetune_epochs, "criterion": p["criterion"],
+                 "granularity": p["granularity"]}
+        return StrategyResult(model, legal, context.epochs_trained, attrs)
+
+
+def bitpruning_model(model: nn.Module, profile: ModelProfile, *, granularity: str = "layer",
+                     init_bits: float = REFERENCE_BITS, first_last_bits: int = 0) -> nn.Module:
+    """Quantize ``model`` in place with min-max quantizers of learnable widths.
+
+    Args:
+        granularity: the weights' (see :mod:`mpsearch.quant.granularity`);
+            activations get one width per layer, or one for all at ``"network"``.
+        first_last_bits: 0, or a fixed width for the first and last layers'
+            weights and inputs.
+    """
+    if granularity not in GRANULARITIES:
+        raise MpsearchError(f"unknown granularity {granularity!r}; choose one of {', '.join(GRANULARITIES)}.")
+    pinned = {profile.layers[0].name, profile.layers[-1].name} if first_last_bits else set()
+
+    def learnable(shape: tuple[int, ...] = ()) -> LearnableBits:
+        return LearnableBits(init_bits, shape, min_bits=MIN_BITS, max_bits=float(MAX_BITS),
+                             rounding="ceil")
+
+    shared = {"weight": learnable(), "input": learnable()} if granularity == "network" else None
+
+    def weight(layer: LayerProfile) -> MinMaxQuantizer:
+        if layer.name in pinned:
+            return MinMaxQuantizer(FixedBits(first_last_bits))
+        if shared is not None:
+            return MinMaxQuantizer(shared["weight"])
+        return MinMaxQuantizer(learnable(bits_shape(granularity, layer.weight_shape)))
+
+    def activation(layer: LayerProfile) -> MinMaxQuantizer:
+        if layer.name in pinned:
+            return MinMaxQuantizer(FixedBits(first_last_bits))
+        return MinMaxQuantizer(shared["input"] if shared is not None else learnable())
+
+    return quantize_model(model, profile, weight, activation)
+
+
+def criterion_objective(context, criterion: str) -> Objective | None:
+    """The objective that weighs the regulariser (None for ``"uniform"``): the study's, or any registered.
+
+    Raises:
+        MpsearchError: no objective has that name, or it has no differentiable form.
+    """
+    if criterion == UNIFORM:
+        return None
+    objective = context.objectives.get(criterion)
+    if objective is None:
+        from mpsearch.trial import plugin_host
+
+        registry = plugin_host(tuple(context.spec.plugins)).objectives
+        if criterion not in registry:
+            raise UnknownNameError("bitpruning criterion", criterion, [UNIFORM, *registry.names()])
+        objective = registry.get(criterion)
+    return objective
+
+
+class BitRegulariser:
+    """``gamma * sum_i lambda_i * n_i`` over a quantized model's learned widths (BitPruning's bit loss).
+
+    ``lambda`` is fixed when the regulariser is made: equal for every learned
+    width (``objective=None``), or the derivative of ``objective``'s
+    differentiable form with respect to each width at the all-8-bit network.
+    Either way ``sum_i lambda_i * 8 = 1``, so an all-8-bit network costs exactly
+    ``gamma``. A width shared by several groups is one ``n_i``: its ``lambda``
+    is the sum of theirs.
+
+    Raises:
+        MpsearchError: the model learns no width; the objective has no
+            differentiable form, does not depend on the learned widths, or
+            falls as a width grows.
+    """
+
+    def __init__(self, model: nn.Module, profile: ModelProfile, gamma: float,
+                 objective: Objective | None = None, name: str = UNIFORM):
+        self.gamma = float(gamma)
+        self.widths, self.lambdas = bit_weights(model, profile, objective, name)
+
+    def __call__(self) -> torch.Tensor:
+        total = sum((lam * w()).sum() for w, lam in zip(self.widths, self.lambdas))
+        return self.gamma * total
+
+
+def bit_weights(model: nn.Module, profile: ModelProfile, objective: Objective | None = None,
+                name: str = UNIFORM) -> tuple[list[LearnableBits], list[torch.Tensor]]:
+    """Every distinct learned width module of ``model`` and its ``lambda`` (same shape, summing to 1/8).
+
+    See :class:`BitRegulariser` for the rule and what is raised.
+    """
+    qs = quantizers(model)
+    learned: dict[int, LearnableBits] = {}
+    for q in qs.values():
+        bits = getattr(q, "bits", None)
+        if isinstance(bits, LearnableBits):
+            learned.setdefault(id(bits), bits)
+    if not learned:
+        raise MpsearchError("strategy 'bitpruning': the model learns no width (every layer is "
+                            "pinned by first_last_bits?); nothing to regularise.")
+    modules = list(learned.values())
+    if objective is None:
+        raw = [torch.ones(m.value.shape, dtype=torch.float64) for m in modules]
+    else:
+        raw = _objective_gradients(qs, profile, modules, objective, name)
+    total = sum(float(r.sum()) for r in raw)
+    lambdas = [(r / (REFERENCE_BITS * total)).to(torch.float32).to(m.value.device)
+               for r, m in zip(raw, modules)]
+    return modules, lambdas
+
+
+def _objective_gradients(qs, profile: ModelProfile, modules: list[LearnableBits], objective: Objective,
+                         name: str) -> list[torch.Tensor]:
+    """d objective / d n for every learned width, at the all-8-bit network."""
+    where = f"strategy 'bitpruning': criterion {name!r}"
+    if not objective.has_differentiable:
+        raise MpsearchError(f"{where} has no differentiable form to weigh the bit loss by; use "
+                            f"\"uniform\" or an objective such as bitops or footprint.")
+    probes = {id(m): torch.full(m.value.shape, float(REFERENCE_BITS), dtype=torch.float64,
+                                requires_grad=True) for m in modules}
+    bits, scale = {}, {}
+    for group in profile.group_shapes():
+        q = qs.get(group)
+        bits[group] = probes.get(id(getattr(q, "bits", None)),
+                                 torch.tensor(float(REFERENCE_BITS), dtype=torch.float64))
+        if q is not None and q.scale_bits():
+            scale[group] = q.scale_bits()
+    try:
+        cost = objective.differentiable(profile, bits, scale)
+    except NotImplementedError:
+        raise MpsearchError(f"{where} has no differentiable form to weigh the bit loss by; use "
+                            f"\"uniform\" or an objective such as bitops or footprint.") from None
+    cost = torch.as_tensor(cost)
+    grads = (torch.autograd.grad(cost, list(probes.values()), allow_unused=True)
+             if cost.requires_grad else [None] * len(probes))
+    raw = [torch.zeros_like(p) if g is None else g.detach() for p, g in zip(probes.values(), grads)]
+    if any(bool((r < 0).any()) for r in raw):
+        raise MpsearchError(f"{where} falls as some width grows; the bit loss needs a cost that "
+                            f"grows with the widths.")
+    if not sum(float(r.sum()) for r in raw) > 0:
+        raise MpsearchError(f"{where} does not depend on the widths BitPruning learns; use "
+                            f"\"uniform\" or an objective of the weights' or activations' bits.")
+    return raw
+
+
+def average_bits(model: nn.Module, profile: ModelProfile) -> tuple[float, float]:
+    """Current (fractional) bits per weight and per input activation, weighted by element count."""
+    with torch.no_grad():
+        bits = fractional_bits(model, profile)
+        out = []
+        for kind in ("weight_group", "input_group"):
+            groups = [(getattr(l, kind), l.weight_shape if kind == "weight_group" else l.input_shape)
+                      for l in profile]
+            total = sum(float(group_sum(bits[g], s)) for g, s in groups)
+            count = sum(int(torch.Size(s).numel()) for _, s in groups)
+            out.append(total / count)
+    return out[0], out[1]
+
+
+def discretise(model: nn.Module, profile: ModelProfile, legalise) -> PrecisionAssignment:
+    """Set every learned width to its ceiling, legalise, and make the model run at the legal widths.
+
+    Returns:
+        The legal assignment the model now runs at.
+    """
+    freeze_bits(model)  # LearnableBits(rounding="ceil"): the smallest integer >= the learned width
+    assignment = assignment_from_model(model, profile)
+    legal = legalise(assignment)
+    if legal != assignment:
+        for group, q in quantizers(model).items():
+            q.bits = FixedBits(legal[group]).to(q.bits().device)
+        legal = assignment_from_model(model, profile)
+    return legal
+
+
+def _steps(context, epochs: float) -> int:
+    """Optimizer steps ``context.fit`` takes for ``epochs`` (a fraction trains part of an epoch)."""
+    per_epoch = steps_per_epoch(context.train, context.training.batch_size)
+    whole, part = int(epochs), epochs - int(epochs)
+    return whole * per_epoch + (max(1, round(part * per_epoch)) if part > 1e-9 else 0)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+@hookimpl
+def register_strategies(register):
+    register("bitpruning", BitPruningStrategy)
