@@ -34,8 +34,9 @@ class RandomStrategy(Strategy):
     """Random per-layer bit-widths under a cost budget; the best of a few, briefly fine-tuned, is trained.
 
     The search-based baseline of HAQ (Wang et al., CVPR 2019) without the agent:
-    the float model is trained for ``max(1, pretrain_epochs)`` epochs, then
-    ``candidates`` assignments are drawn, each weight and each input group at a
+    the float model is trained first (the spec's ``pretrain_epochs``, or else
+    ``pretrain_share`` of the trial's ``epochs``), then ``candidates``
+    assignments are drawn, each weight and each input group at a
     width uniform in ``[min_bits, max_bits]``. A draw whose cost (legalised, on
     the study's first cost objective) exceeds the budget has the widths of
     randomly chosen groups lowered one bit at a time, never below ``min_bits``,
@@ -44,9 +45,11 @@ class RandomStrategy(Strategy):
     candidate is a copy of the pretrained model quantized at its widths and
     fine-tuned for ``candidate_epochs`` epochs, then scored on the validation
     split. The best (highest validation accuracy; ties: lower cost) is quantized
-    again from the pretrained model and trained for the spec's ``epochs``.
-    Every epoch of training, the candidates' included, counts in
-    ``epochs_trained``.
+    again from the pretrained model and trained for the rest of the trial's
+    ``epochs`` (all of them after a spec's ``pretrain_epochs``, as ``uniform``
+    does), so the returned model has had the training a one-shot strategy gets;
+    the candidates' fine-tuning is the search's own cost. Every epoch of
+    training, the candidates' included, counts in ``epochs_trained``.
 
     Parameters (defaults):
         budget: range 0.1-0.6; the cost budget as a fraction of the uniform
@@ -54,6 +57,8 @@ class RandomStrategy(Strategy):
         candidates: integer range 4-8; assignments drawn and fine-tuned.
         candidate_epochs: fixed 0.25; fine-tuning per candidate (fractions train
             part of an epoch).
+        pretrain_share: fixed 0.5; the share of ``epochs`` the float model trains
+            for when the spec sets no ``pretrain_epochs``.
         min_bits, max_bits: fixed 2 and 8.
         quantizer: fixed ``"dorefa-pact"``, or ``"minmax"``.
 
@@ -65,6 +70,7 @@ class RandomStrategy(Strategy):
         "budget": Param(low=0.1, high=0.6),
         "candidates": Param(low=4, high=8, integer=True),
         "candidate_epochs": Param(value=0.25),
+        "pretrain_share": Param(value=0.5),
         "min_bits": Param(value=2),
         "max_bits": Param(value=8),
         "quantizer": Param(value="dorefa-pact"),
@@ -79,6 +85,9 @@ class RandomStrategy(Strategy):
             for v in merged[name].values():
                 if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
                     raise SpecError(f"{where}.{name}: {v!r} must be a positive number.")
+        for v in merged["pretrain_share"].values():
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1:
+                raise SpecError(f"{where}.pretrain_share: {v!r} must lie strictly between 0 and 1.")
         for name, highest in (("candidates", None), ("min_bits", MAX_BITS), ("max_bits", MAX_BITS)):
             p = merged[name]
             if p.low is not None and not p.integer:
@@ -112,7 +121,12 @@ class RandomStrategy(Strategy):
         budget = float(p["budget"]) * reference
 
         pretrained = context.model
-        context.fit(pretrained, max(1, context.training.pretrain_epochs), phase="pretrain")
+        if context.training.pretrain_epochs > 0:
+            pretrain, final = context.training.pretrain_epochs, context.epochs
+        else:
+            pretrain = context.epochs * float(p["pretrain_share"])
+            final = context.epochs - pretrain
+        context.fit(pretrained, pretrain, phase="pretrain")
         # Drawn before any candidate trains, so the widths do not depend on the
         # training's own draws from the same generator.
         drawn = [sample_under_budget(context.profile, budget, cost, context.legalise,
@@ -130,7 +144,7 @@ class RandomStrategy(Strategy):
 
         model = quantize_at(copy.deepcopy(pretrained), context.profile, drawn[best].assignment,
                             p["quantizer"])
-        context.fit(model, context.epochs, phase="train")
+        context.fit(model, final, phase="train")
         attrs = {
             "budget": budget, "budget_fraction": float(p["budget"]), "budget_objective": name,
             "budget_unit": objective.unit, "reference_cost": reference,
