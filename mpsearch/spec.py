@@ -179,6 +179,8 @@ class TrainingSection:
 class StrategySection:
     name: str
     space: dict[str, Param] = field(default_factory=dict)
+    # Points of the space run first, e.g. the uniform 4-bit baseline a front is read against.
+    enqueue: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -230,7 +232,8 @@ class StudySpec:
             "data": data,
             "training": asdict(self.training),
             "backend": {"name": self.backend},
-            "strategy": [{"name": s.name, "space": {k: p.to_dict() for k, p in s.space.items()}}
+            "strategy": [{"name": s.name, "space": {k: p.to_dict() for k, p in s.space.items()},
+                          **({"enqueue": [dict(e) for e in s.enqueue]} if s.enqueue else {})}
                          for s in self.strategies],
             "resources": asdict(self.resources),
             "plugins": list(self.plugins),
@@ -340,7 +343,7 @@ def parse_spec(raw: Mapping[str, Any], source: str = "spec", host=None) -> Study
     for i, st in enumerate(strategies_raw):
         where = f"strategy[{i}]"
         r.is_table(st, where)
-        r.keys(st, where, {"name", "space"}, required={"name"})
+        r.keys(st, where, {"name", "space", "enqueue"}, required={"name"})
         sname = r.plugin(st, where, "name", host, "strategies")
         if any(x.name == sname for x in strategies):
             raise SpecError(f"{source}: strategy {sname!r} is listed twice; list each once.")
@@ -349,7 +352,8 @@ def parse_spec(raw: Mapping[str, Any], source: str = "spec", host=None) -> Study
         space = {k: Param.parse(v, f"{source}: {where}.space.{k}") for k, v in space_raw.items()}
         if host is not None and sname in host.strategies:
             host.strategies.get(sname).check_space(space, f"{source}: {where}.space")
-        strategies.append(StrategySection(name=sname, space=space))
+        enqueue = _enqueued_points(st.get("enqueue", []), space, host, sname, f"{source}: {where}")
+        strategies.append(StrategySection(name=sname, space=space, enqueue=enqueue))
 
     res = raw.get("resources", {})
     r.is_table(res, "resources")
@@ -414,6 +418,44 @@ def _known(source: str, where: str, name: str, host, kind: str) -> None:
         getattr(host, kind).entry(name)
     except UnknownNameError as exc:
         raise SpecError(f"{source}: {where}: {exc}") from None
+
+
+def _enqueued_points(raw: Any, space: dict[str, Param], host, sname: str,
+                     where: str) -> tuple[dict[str, Any], ...]:
+    """``enqueue = [{bits = 4}, ...]``: points of the strategy's space that run first.
+
+    Each names drawn (not fixed) hyperparameters with a value the space can take;
+    the others are drawn as usual.
+    """
+    if not isinstance(raw, list) or not all(isinstance(e, dict) for e in raw):
+        raise SpecError(f"{where}.enqueue: give a list of tables, e.g. enqueue = [{{bits = 4}}].")
+    known = host is not None and sname in host.strategies
+    merged = {**host.strategies.get(sname).parameters, **space} if known else dict(space)
+    points = []
+    for i, point in enumerate(raw):
+        at = f"{where}.enqueue[{i}]"
+        if not point:
+            raise SpecError(f"{at}: the table is empty; name the hyperparameters to fix.")
+        for k, v in point.items():
+            p = merged.get(k)
+            if p is None and not known:  # checked where the strategy's plugin is loaded
+                continue
+            if p is None:
+                raise SpecError(f"{at}.{k}: not a hyperparameter of strategy {sname!r}"
+                                + (f"; valid: {', '.join(sorted(merged))}." if merged else "."))
+            if p.fixed:
+                raise SpecError(f"{at}.{k}: fixed at {p.value!r} in this space, so it is never "
+                                f"drawn; give it a list of choices or a range to enqueue {v!r}.")
+            if p.choices is not None:
+                if v not in p.choices or any(type(v) is not type(c) for c in p.choices if c == v):
+                    raise SpecError(f"{at}.{k}: {v!r} is not one of the choices "
+                                    f"{list(p.choices)}.")
+            elif (isinstance(v, bool) or not isinstance(v, (int, float))
+                  or (p.integer and not isinstance(v, int)) or not p.low <= v <= p.high):
+                raise SpecError(f"{at}.{k}: {v!r} is outside the range {p.low}-{p.high}"
+                                + (" (integers)." if p.integer else "."))
+        points.append(dict(point))
+    return tuple(points)
 
 
 class _Reader:

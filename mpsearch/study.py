@@ -67,7 +67,7 @@ def define_space(spec: StudySpec, host) -> Callable[[Any], dict[str, Any]]:
     def space(trial) -> dict[str, Any]:
         if by_sampler:
             name = trial.suggest_categorical(STRATEGY_PARAM, names)
-        else:  # one strategy, or round-robin (a re-queued trial keeps its strategy)
+        else:  # one strategy, or round-robin (a re-queued or enqueued trial keeps its strategy)
             name = trial.user_attrs.get(STRATEGY_PARAM) or names[trial.number % len(names)]
             trial.set_user_attr(STRATEGY_PARAM, name)
         strategy = host.strategies.get(name)()
@@ -96,6 +96,13 @@ def create_study(spec: StudySpec, storage_url: str | None, host) -> Any:
     study.set_user_attr(OBJECTIVES_ATTR, [o.name for o in spec.study.objectives])
     study.set_user_attr(UNITS_ATTR, {n: host.objectives.get(n).unit for n in spec.cost_objectives})
     study.set_user_attr("mpsearch_version", __version__)
+    by_sampler = spec.study.strategy_choice == "sampler" and len(spec.strategies) > 1
+    for section in spec.strategies:
+        for point in section.enqueue:
+            params = {f"{section.name}.{k}": v for k, v in point.items()}
+            if by_sampler:
+                params[STRATEGY_PARAM] = section.name
+            study.enqueue_trial(params, user_attrs={STRATEGY_PARAM: section.name})
     return study
 
 

@@ -18,7 +18,8 @@ from optuna.trial import TrialState
 from mpsearch.cli import cli
 from mpsearch.host import PluginHost
 from mpsearch.spec import load_spec
-from mpsearch.study import create_study, run_study
+from mpsearch.study import create_study, run_study, stored_spec
+from mpsearch.trial import ATTR_WEIGHT_BITS
 
 TOY = Path(__file__).with_name("toy_plugin.py")
 
@@ -156,7 +157,7 @@ def test_resume_after_the_driver_is_killed(tmp_path):
 
 @pytest.mark.ray
 def test_ray_study_with_two_concurrent_trials(tmp_path):
-    spec = toy_spec(tmp_path, n_trials=4, executor="ray", concurrent=2)
+    spec = toy_spec(tmp_path, n_trials=4, executor="ray", concurrent=2, space="enqueue = [{bits = 2}]")
     runner = CliRunner()
     result = runner.invoke(cli, ["study", "create", str(spec), "--storage", url(tmp_path), "--quiet"])
     assert result.exit_code == 0, result.output
@@ -165,6 +166,7 @@ def test_ray_study_with_two_concurrent_trials(tmp_path):
     assert all(t.state in (TrialState.COMPLETE, TrialState.FAIL) for t in study.trials)
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
     assert len(complete) == 4
+    assert study.trials[0].params == {"toy.bits": 2}  # the enqueued point ran first
     front = study.best_trials
     for a in front:  # non-dominated
         for b in complete:
@@ -223,6 +225,21 @@ BAD_SPECS = [
      "[backend]\nname='stripes'\n", "unknown backend 'stripes'"),
     ("[study]\nname='x'\nobjectives=['accuracy','bitops']\nn_trials=2\n[model]\nname='lenet5'\n"
      "[data]\nname='mnist-mini'\n", "is missing strategy"),
+    ("[study]\nname='x'\nobjectives=['accuracy','bitops']\nn_trials=2\n"
+     "[model]\nname='lenet5'\n[data]\nname='mnist-mini'\n[[strategy]]\nname='uniform'\n"
+     "space.bits=[2,4]\nenqueue=[{bits=3}]\n", "enqueue[0].bits: 3 is not one of the choices [2, 4]"),
+    ("[study]\nname='x'\nobjectives=['accuracy','bitops']\nn_trials=2\n"
+     "[model]\nname='lenet5'\n[data]\nname='mnist-mini'\n[[strategy]]\nname='uniform'\n"
+     "enqueue=[{quantizer='minmax'}]\n", "fixed at 'dorefa-pact' in this space"),
+    ("[study]\nname='x'\nobjectives=['accuracy','bitops']\nn_trials=2\n"
+     "[model]\nname='lenet5'\n[data]\nname='mnist-mini'\n[[strategy]]\nname='uniform'\n"
+     "enqueue=[{bitz=4}]\n", "enqueue[0].bitz: not a hyperparameter of strategy 'uniform'"),
+    ("[study]\nname='x'\nobjectives=['accuracy','bitops']\nn_trials=2\n"
+     "[model]\nname='lenet5'\n[data]\nname='mnist-mini'\n[[strategy]]\nname='bitpruning'\n"
+     "enqueue=[{gamma=50.0}]\n", "enqueue[0].gamma: 50.0 is outside the range 0.05-5.0"),
+    ("[study]\nname='x'\nobjectives=['accuracy','bitops']\nn_trials=2\n"
+     "[model]\nname='lenet5'\n[data]\nname='mnist-mini'\n[[strategy]]\nname='uniform'\n"
+     "enqueue={bits=4}\n", "enqueue: give a list of tables"),
 ]
 
 
@@ -263,3 +280,20 @@ def test_round_robin_gives_every_strategy_its_share(tmp_path, host):
     assert [t.user_attrs["strategy"] for t in trials] == ["toy", "uniform", "toy", "uniform"]
     assert all("strategy" not in t.params for t in trials)
     assert all(t.state == TrialState.COMPLETE for t in trials)
+
+
+def test_enqueued_points_run_first_and_the_spec_keeps_them(tmp_path, host):
+    path = toy_spec(tmp_path, n_trials=3, space="enqueue = [{bits = 8}]",
+                    extra='\n[[strategy]]\nname = "uniform"\nspace.bits = [2, 3, 4]\n'
+                          'enqueue = [{bits = 3}]\n')
+    spec = load_spec(path, host)
+    assert [s.enqueue for s in spec.strategies] == [({"bits": 8},), ({"bits": 3},)]
+    study = create_study(spec, url(tmp_path), host)
+    assert [t.state for t in study.trials] == [TrialState.WAITING] * 2
+    run_study("toy", url(tmp_path), host, progress=False)
+    trials = optuna.load_study(study_name="toy", storage=url(tmp_path)).trials
+    assert len(trials) == 3 and all(t.state == TrialState.COMPLETE for t in trials)
+    assert trials[0].params == {"strategy": "toy", "toy.bits": 8}
+    assert trials[1].params == {"strategy": "uniform", "uniform.bits": 3}
+    assert trials[1].user_attrs[ATTR_WEIGHT_BITS] == 3
+    assert stored_spec(optuna.load_study(study_name="toy", storage=url(tmp_path)), host).strategies == spec.strategies
