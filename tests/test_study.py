@@ -297,3 +297,11 @@ def test_enqueued_points_run_first_and_the_spec_keeps_them(tmp_path, host):
     assert trials[1].params == {"strategy": "uniform", "uniform.bits": 3}
     assert trials[1].user_attrs[ATTR_WEIGHT_BITS] == 3
     assert stored_spec(optuna.load_study(study_name="toy", storage=url(tmp_path)), host).strategies == spec.strategies
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "studies").glob("*.toml")),
+                         ids=lambda p: p.stem)
+def test_every_shipped_study_spec_parses_and_is_named_after_its_file(path):
+    spec = load_spec(path, PluginHost(entry_points=False))
+    assert spec.name == path.stem
+    assert spec.strategies and spec.cost_objectives
