@@ -447,7 +447,7 @@ def _enqueued_points(raw: Any, space: dict[str, Param], host, sname: str,
                 raise SpecError(f"{at}.{k}: fixed at {p.value!r} in this space, so it is never "
                                 f"drawn; give it a list of choices or a range to enqueue {v!r}.")
             if p.choices is not None:
-                if v not in p.choices or any(type(v) is not type(c) for c in p.choices if c == v):
+                if not any(c == v and type(c) is type(v) for c in p.choices):  # True is not 1
                     raise SpecError(f"{at}.{k}: {v!r} is not one of the choices "
                                     f"{list(p.choices)}.")
             elif (isinstance(v, bool) or not isinstance(v, (int, float))

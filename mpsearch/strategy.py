@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from mpsearch.errors import MpsearchError
 from mpsearch.spec import Param, SpecError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -55,6 +56,7 @@ class Strategy(ABC):
     """
 
     description: str = ""
+    label: ClassVar[str] = ""  # the registered name, for messages
     parameters: ClassVar[Mapping[str, Param]] = {}
 
     @classmethod
@@ -64,6 +66,21 @@ class Strategy(ABC):
         if unknown:
             valid = ", ".join(sorted(cls.parameters)) or "(none)"
             raise SpecError(f"{where}: unknown parameter(s) {', '.join(unknown)}; valid: {valid}.")
+
+    @classmethod
+    def resolve(cls, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The parameters with fixed defaults filled in, checked like a space.
+
+        Raises:
+            MpsearchError: a parameter without a fixed default is missing, or a value is invalid.
+        """
+        name = cls.label or cls.__name__
+        missing = [n for n, p in cls.parameters.items() if n not in params and not p.fixed]
+        if missing:
+            raise MpsearchError(f"strategy {name!r} needs parameter(s) {', '.join(missing)}.")
+        out = {**{n: p.value for n, p in cls.parameters.items() if p.fixed}, **params}
+        cls.check_space({n: Param(value=v) for n, v in out.items()}, f"strategy {name!r} parameters")
+        return out
 
     def suggest(self, trial: Any, space: Mapping[str, Param], prefix: str) -> dict[str, Any]:
         """Draw the hyperparameters from an ``optuna.Trial``; names are ``prefix.name`` there.

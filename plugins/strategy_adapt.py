@@ -158,6 +158,7 @@ class AdaptStrategy(Strategy):
 
     description = "AdaPT: per-layer fixed-point <WL, FL> switched by KL divergence and gradient diversity"
 
+    label = "adapt"
     parameters: ClassVar[Mapping[str, Param]] = {
         "lookback": Param(low=25, high=100, integer=True),
         "resolution": Param(low=50, high=150, integer=True),
@@ -214,11 +215,7 @@ class AdaptStrategy(Strategy):
         Raises:
             MpsearchError: a parameter without a fixed default is missing, or a value is invalid.
         """
-        missing = [n for n, p in cls.parameters.items() if n not in params and not p.fixed]
-        if missing:
-            raise MpsearchError(f"strategy 'adapt' needs parameter(s) {', '.join(missing)}.")
-        out = {**{n: p.value for n, p in cls.parameters.items() if p.fixed}, **params}
-        cls.check_space({n: Param(value=v) for n, v in out.items()}, "strategy 'adapt' parameters")
+        out = super().resolve(params)
         for name in ("lookback", "resolution"):
             low, high = out[f"{name}_lower"], out[f"{name}_upper"]
             if not low <= out[name] <= high:

@@ -238,6 +238,7 @@ class ALQStrategy(Strategy):
     """
 
     description = "ALQ: multi-bit binary bases with adaptive per-group widths (Qu et al. 2020)"
+    label = "alq"
     parameters: ClassVar[Mapping[str, Param]] = {
         "target_bits": Param(low=0.4, high=2.0),
         "rounds": Param(low=2, high=6, integer=True),
@@ -288,20 +289,6 @@ class ALQStrategy(Strategy):
         for v in merged["structure"].values():
             if v not in CONV_STRUCTURES:
                 raise SpecError(f"{where}.structure: {v!r} is not one of {', '.join(CONV_STRUCTURES)}.")
-
-    @classmethod
-    def resolve(cls, params: Mapping[str, Any]) -> dict[str, Any]:
-        """The parameters with fixed defaults filled in, checked like a space.
-
-        Raises:
-            MpsearchError: a parameter without a fixed default is missing, or a value is invalid.
-        """
-        missing = [n for n, p in cls.parameters.items() if n not in params and not p.fixed]
-        if missing:
-            raise MpsearchError(f"strategy 'alq' needs parameter(s) {', '.join(missing)}.")
-        out = {**{n: p.value for n, p in cls.parameters.items() if p.fixed}, **params}
-        cls.check_space({n: Param(value=v) for n, v in out.items()}, "strategy 'alq' parameters")
-        return out
 
     def run(self, context, params: Mapping[str, Any]) -> StrategyResult:
         p = self.resolve(params)

@@ -98,6 +98,7 @@ class BitPruningStrategy(Strategy):
           ("the minimum value in the layer", Sec. II-A).
     """
 
+    label = "bitpruning"
     parameters: ClassVar[Mapping[str, Param]] = {
         "gamma": Param(low=0.05, high=5.0, log=True),
         "lr_bits": Param(low=0.02, high=0.5, log=True),
@@ -136,20 +137,6 @@ class BitPruningStrategy(Strategy):
         for v in merged["init_bits"].values():
             if not _is_number(v) or not MIN_BITS <= v <= MAX_BITS:
                 raise SpecError(f"{where}.init_bits: {v!r} must be a width from 1 to {MAX_BITS}.")
-
-    @classmethod
-    def resolve(cls, params: Mapping[str, Any]) -> dict[str, Any]:
-        """The parameters with fixed defaults filled in, checked like a space.
-
-        Raises:
-            MpsearchError: a parameter without a fixed default is missing, or a value is invalid.
-        """
-        missing = [n for n, p in cls.parameters.items() if n not in params and not p.fixed]
-        if missing:
-            raise MpsearchError(f"strategy 'bitpruning' needs parameter(s) {', '.join(missing)}.")
-        out = {**{n: p.value for n, p in cls.parameters.items() if p.fixed}, **params}
-        cls.check_space({n: Param(value=v) for n, v in out.items()}, "strategy 'bitpruning' parameters")
-        return out
 
     def run(self, context, params: Mapping[str, Any]) -> StrategyResult:
         p = self.resolve(params)

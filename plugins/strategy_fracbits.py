@@ -111,6 +111,7 @@ class FracBitsStrategy(Strategy):
           assignment, so the target holds for what the backend runs.
     """
 
+    label = "fracbits"
     parameters: ClassVar[Mapping[str, Param]] = {
         "target_fraction": Param(low=0.1, high=0.6),
         "target": Param(value=0.0),

@@ -66,6 +66,7 @@ class RandomStrategy(Strategy):
     lowered is drawn at random, so repeated draws do not all end alike.
     """
 
+    label = "random"
     parameters: ClassVar[Mapping[str, Param]] = {
         "budget": Param(low=0.1, high=0.6),
         "candidates": Param(low=4, high=8, integer=True),
@@ -154,20 +155,6 @@ class RandomStrategy(Strategy):
                            for c, a in zip(drawn, accuracies)],
         }
         return StrategyResult(model, drawn[best].assignment, context.epochs_trained, attrs)
-
-    @classmethod
-    def resolve(cls, params: Mapping[str, Any]) -> dict[str, Any]:
-        """The parameters with fixed defaults filled in, checked like a space.
-
-        Raises:
-            MpsearchError: a parameter without a fixed default is missing, or a value is invalid.
-        """
-        missing = [n for n, p in cls.parameters.items() if n not in params and not p.fixed]
-        if missing:
-            raise MpsearchError(f"strategy 'random' needs parameter(s) {', '.join(missing)}.")
-        out = {**{n: p.value for n, p in cls.parameters.items() if p.fixed}, **params}
-        cls.check_space({n: Param(value=v) for n, v in out.items()}, "strategy 'random' parameters")
-        return out
 
 
 def sample_under_budget(profile: ModelProfile, budget: float,

@@ -106,6 +106,7 @@ class SmolStrategy(Strategy):
         - ZPA prunes where ``|w| <= |w - q(w, p)|`` (Sec. 3.2's text; Algorithm 1 writes ``<``).
     """
 
+    label = "smol"
     parameters: ClassVar[Mapping[str, Param]] = {
         "lam": Param(low=1e-9, high=1e-5, log=True),
         "p_init": Param(value=8),
@@ -144,20 +145,6 @@ class SmolStrategy(Strategy):
         for v in merged["criterion"].values():
             if not isinstance(v, str) or not v:
                 raise SpecError(f"{where}.criterion: {v!r} must be \"bits\" or an objective's name.")
-
-    @classmethod
-    def resolve(cls, params: Mapping[str, Any]) -> dict[str, Any]:
-        """The parameters with fixed defaults filled in, checked like a space.
-
-        Raises:
-            MpsearchError: a parameter without a fixed default is missing, or a value is invalid.
-        """
-        missing = [n for n, p in cls.parameters.items() if n not in params and not p.fixed]
-        if missing:
-            raise MpsearchError(f"strategy 'smol' needs parameter(s) {', '.join(missing)}.")
-        out = {**{n: p.value for n, p in cls.parameters.items() if p.fixed}, **params}
-        cls.check_space({n: Param(value=v) for n, v in out.items()}, "strategy 'smol' parameters")
-        return out
 
     def run(self, context, params: Mapping[str, Any]) -> StrategyResult:
         p = self.resolve(params)

@@ -40,6 +40,7 @@ class UniformStrategy(Strategy):
     is neither drawn nor recorded when both separate widths are given.
     """
 
+    label = "uniform"
     parameters: ClassVar[Mapping[str, Param]] = {
         "bits": Param(choices=WIDTHS),
         "weight_bits": Param(value=0),

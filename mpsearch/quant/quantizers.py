@@ -148,13 +148,17 @@ class PACTQuantizer(WidthQuantizer):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._calibrated = bool(self.calibrated)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def clip(self, x: torch.Tensor) -> torch.Tensor:
+        """The clip |alpha| (floored at 1e-4), set to the first training batch's maximum |x|."""
         if not self._calibrated and self.training:
             with torch.no_grad():
                 self.alpha.copy_(x.detach().abs().max().clamp_min(1e-3))
                 self.calibrated.fill_(True)
             self._calibrated = True
-        a = self.alpha.abs().clamp_min(1e-4)
+        return self.alpha.abs().clamp_min(1e-4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.clip(x)
         if self.two_sided:
             return self._quantize(x, -a, 2 * a, -a, 2 * a, alpha=self.alpha, two_sided=True)
         return self._quantize(x, torch.zeros_like(a), a, torch.zeros_like(a), a, alpha=self.alpha)

@@ -230,12 +230,7 @@ class SmolPACTQuantizer(PACTQuantizer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.searching:
             return super().forward(x)
-        if not self._calibrated and self.training:
-            with torch.no_grad():
-                self.alpha.copy_(x.detach().abs().max().clamp_min(1e-3))
-                self.calibrated.fill_(True)
-            self._calibrated = True
-        a = self.alpha.abs().clamp_min(1e-4)
+        a = self.clip(x)
         if self.training:
             low = -a if self.two_sided else torch.zeros_like(a)
             clipped = torch.minimum(torch.maximum(x, low), a)
