@@ -55,6 +55,12 @@ class Objective(ABC):
             scale_bits: group -> bits its quantizer stores besides the values.
         """
 
+    def for_backend(self, backend: Backend, backend_name: str | None = None) -> Objective:
+        """The objective a study with ``backend`` uses: this one, unless its value depends
+        on the backend's model (latency, energy): that returns itself bound to the backend,
+        which gives it a differentiable form. An objective already bound keeps its backend."""
+        return self
+
     def evaluate(self, profile: ModelProfile, assignment: PrecisionAssignment,
                  backend: Backend | None = None) -> float:
         """The cost of a (legalised) integer assignment."""

@@ -30,7 +30,8 @@ BITS = click.IntRange(0, MAX_BITS)
 @click.option("--backend", default="generic", show_default=True,
               help="Legalise for this backend, then cost.")
 @click.option("--objective", "objective_names", multiple=True,
-              help="Only these objectives (repeatable; default: all registered).")
+              help="Only these objectives (repeatable; default: all registered, except "
+                   "those bound to another backend by name, such as latency@loom).")
 @click.option("--save-assignment", type=click.Path(dir_okay=False),
               help="Also write the (legalised) assignment to this JSON file.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -46,12 +47,14 @@ def cost(state, model: str, weight_bits: int, act_bits: int, first_last_bits: in
     host = state.host
     spec = host.models.get(model)
     back = host.backends.get(backend)
-    names = objective_names or tuple(host.objectives.names())
+    names = objective_names or tuple(  # latency@loom and the like: the --backend's own suffice
+        n for n in host.objectives.names() if getattr(host.objectives.get(n), "backend", None) is None)
     objectives = {n: host.objectives.get(n) for n in names}
     shape = parse_shape(input_shape) if input_shape else spec.input_shape
     profile = model_profile(spec, num_classes, shape)
     if assignment_file:
         assignment = PrecisionAssignment.load(assignment_file)
+        assignment.validate(profile, f"assignment file {assignment_file!r}", model)
     else:
         assignment = PrecisionAssignment.uniform(profile, weight_bits, act_bits,
                                                  first_last_bits=first_last_bits,

@@ -67,6 +67,51 @@ class BackendTestCase:
             assert cb[column].sum() >= ca[column].sum() - 1e-9
         assert (ca["baseline_time"] == cb["baseline_time"]).all()
 
+    @settings(max_examples=30, deadline=None, suppress_health_check=FIXTURE_OK)
+    @given(data=st.data())
+    def test_pruned_groups_stay_pruned(self, backend: Backend, data):
+        a = data.draw(assignments(PROFILE, max_bits=_max_bits(backend)))
+        legal = backend.legalise(a)
+        for group in a:
+            before, after = torch.as_tensor(a[group]), torch.as_tensor(legal[group])
+            assert torch.equal(after == 0, before == 0)
+
+    @settings(max_examples=30, deadline=None, suppress_health_check=FIXTURE_OK)
+    @given(data=st.data())
+    def test_energy_is_monotone_in_bits(self, backend: Backend, data):
+        a = backend.legalise(data.draw(assignments(PROFILE, max_bits=_max_bits(backend))))
+        ca = backend.layer_costs(PROFILE, a)
+        if "energy_pj" not in ca.columns:
+            pytest.skip("backend has no energy model")
+        b = backend.legalise(data.draw(raised(a, max_bits=_max_bits(backend))))
+        cb = backend.layer_costs(PROFILE, b)
+        assert cb["energy_pj"].sum() >= ca["energy_pj"].sum() * (1 - 1e-12)
+        if "baseline_energy_pj" in ca.columns:
+            assert (ca["baseline_energy_pj"] == cb["baseline_energy_pj"]).all()
+
+    @settings(max_examples=30, deadline=None, suppress_health_check=FIXTURE_OK)
+    @given(data=st.data())
+    def test_differentiable_costs_agree_at_legal_widths(self, backend: Backend, data):
+        if not backend.has_differentiable_costs:
+            pytest.skip("backend has no differentiable cost model")
+        a = backend.legalise(data.draw(assignments(PROFILE, max_bits=_max_bits(backend))))
+        frame = backend.layer_costs(PROFILE, a)
+        totals = backend.differentiable_costs(PROFILE, a.as_tensors(torch.float32))
+        for column in frame.columns:
+            assert float(totals[column]) == pytest.approx(float(frame[column].sum()), rel=1e-5,
+                                                          abs=1e-9)
+
+    def test_differentiable_time_has_a_non_negative_gradient(self, backend: Backend):
+        if not (backend.has_differentiable_costs and backend.time_depends_on_bits):
+            pytest.skip("backend has no differentiable time that depends on the widths")
+        widths = [w for w in (backend.activation_bits or range(1, 33)) if w > 1]
+        a = backend.legalise(PrecisionAssignment.uniform(PROFILE, widths[0], widths[0]))
+        bits = {g: t.float().requires_grad_() for g, t in a.as_tensors().items()}
+        backend.differentiable_costs(PROFILE, bits)["time"].backward()
+        grads = [bits[g].grad for g in bits if bits[g].grad is not None]
+        assert all(bool((g >= 0).all()) for g in grads)
+        assert sum(float(g.sum()) for g in grads) > 0
+
     def test_layer_costs_cover_every_layer(self, backend: Backend):
         costs = backend.layer_costs(PROFILE, backend.legalise(PrecisionAssignment.uniform(PROFILE, 8, 8)))
         assert list(costs.index) == PROFILE.names
