@@ -49,3 +49,67 @@ def host():
 # Tests run the eager fake-quantization kernels unless a test asks for compiled ones:
 # compiling on the CPU takes seconds per kernel variant.
 os.environ.setdefault("MPSEARCH_COMPILE", "off")
+
+
+POSTGRES_ENV = "MPSEARCH_TEST_POSTGRES"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def storage_url(request, tmp_path) -> str:
+    """An empty study storage, once as an SQLite file and once as a fresh PostgreSQL database.
+
+    The PostgreSQL server comes from ``MPSEARCH_TEST_POSTGRES`` (a URL such as
+    ``postgresql+psycopg://postgres@127.0.0.1:5432/mpsearch_test``; ``.ci/run`` starts
+    a throwaway server and sets it). Each test gets its own database, created from it
+    and dropped afterwards. Without the variable the PostgreSQL cases skip, except
+    under ``CI=true``, where they fail: CI must test the server database.
+    """
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'mpsearch.db'}"
+        return
+    base = os.environ.get(POSTGRES_ENV)
+    if not base:
+        why = (f"{POSTGRES_ENV} is not set: give a PostgreSQL URL such as "
+               f"postgresql+psycopg://postgres@127.0.0.1:5432/mpsearch_test (.ci/run starts a server)")
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI must run the PostgreSQL storage tests, but {why}")
+        pytest.skip(why)
+    import uuid
+
+    import sqlalchemy
+
+    name = f"mpsearch_{uuid.uuid4().hex[:12]}"
+    admin = sqlalchemy.create_engine(base, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+        yield sqlalchemy.engine.make_url(base).set(database=name).render_as_string(hide_password=False)
+        with admin.connect() as conn:
+            conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
+
+
+@pytest.fixture
+def toy_study_spec(tmp_path):
+    """Write a cheap study spec and return its path: LeNet-5 on the embedded ``mnist-mini``
+    (1,000 training images), the test-only ``toy`` strategy (3/10 of an epoch), random sampler.
+
+    Call it as ``toy_study_spec(name, n_trials, enqueue="[{bits = 4}]")``.
+    """
+    toy = Path(__file__).with_name("toy_plugin.py")
+
+    def write(name: str = "toy", n_trials: int = 3, enqueue: str = "") -> Path:
+        path = tmp_path / f"{name}.toml"
+        path.write_text(f'plugins = ["{toy}"]\n'
+                        f'[study]\nname = "{name}"\nobjectives = ["accuracy", "bitops"]\n'
+                        f'sampler = "random"\nn_trials = {n_trials}\nseed = 3\n'
+                        f'[model]\nname = "lenet5"\n'
+                        f'[data]\nname = "mnist-mini"\ntrain_subset = 1000\n'
+                        f'[training]\nepochs = 1\nbatch_size = 100\n'
+                        f'[[strategy]]\nname = "toy"\n'
+                        + (f"enqueue = {enqueue}\n" if enqueue else "")
+                        + '[resources]\nexecutor = "local"\n')
+        return path
+
+    return write
