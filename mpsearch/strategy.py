@@ -58,6 +58,10 @@ class Strategy(ABC):
     description: str = ""
     label: ClassVar[str] = ""  # the registered name, for messages
     parameters: ClassVar[Mapping[str, Param]] = {}
+    # True when all of a trial's state between epochs is in its models, their optimizers
+    # and what it passes to ``context.track``: its trials then checkpoint every epoch and
+    # resume after a restart (mpsearch.checkpoint); others restart from scratch.
+    resumable: ClassVar[bool] = False
 
     @classmethod
     def check_space(cls, space: Mapping[str, Param], where: str) -> None:

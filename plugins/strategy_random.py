@@ -67,6 +67,7 @@ class RandomStrategy(Strategy):
     """
 
     label = "random"
+    resumable = True
     parameters: ClassVar[Mapping[str, Param]] = {
         "budget": Param(low=0.1, high=0.6),
         "candidates": Param(low=4, high=8, integer=True),

@@ -41,6 +41,7 @@ class UniformStrategy(Strategy):
     """
 
     label = "uniform"
+    resumable = True
     parameters: ClassVar[Mapping[str, Param]] = {
         "bits": Param(choices=WIDTHS),
         "weight_bits": Param(value=0),
