@@ -233,12 +233,20 @@ class PrecisionAssignment(Mapping[str, Bits]):
 
     # -- validation ------------------------------------------------------------------
 
-    def validate(self, profile) -> None:
+    def validate(self, profile, source: str = "assignment", model: str | None = None) -> None:
         """Check that the groups and shapes are exactly those of a model's profile.
+
+        Args:
+            source: what the assignment is, in messages (e.g. ``assignment file 'a.json'``).
+            model: the model's name, in messages.
 
         Raises:
             AssignmentError: groups missing or unknown, or a shape that differs.
         """
+        made_for = self.meta.get("model")
+        the_model = f"the model {model!r}" if model else "the model"
+        if made_for and made_for != model:
+            source = f"{source} (made for model {made_for!r})"
         expected = profile.group_shapes()
         missing = [g for g in expected if g not in self._bits]
         unknown = [g for g in self._bits if g not in expected]
@@ -248,11 +256,12 @@ class PrecisionAssignment(Mapping[str, Bits]):
                 parts.append(f"unknown group(s) {_few(unknown)}")
             if missing:
                 parts.append(f"missing group(s) {_few(missing)}")
-            raise AssignmentError(f"assignment does not match the model: {'; '.join(parts)}.")
+            raise AssignmentError(f"{source} does not match {the_model}: {'; '.join(parts)}.")
         for g, shape in expected.items():
             if tuple(shape) != self._shapes[g]:
-                raise AssignmentError(f"assignment group {g!r} has shape {list(self._shapes[g])} "
-                                      f"but the model's is {list(shape)}.")
+                raise AssignmentError(f"{source} does not match {the_model}: group {g!r} has "
+                                      f"shape {list(self._shapes[g])} but the model's is "
+                                      f"{list(shape)}.")
 
     # -- serialisation ---------------------------------------------------------------
 
@@ -307,7 +316,10 @@ class PrecisionAssignment(Mapping[str, Bits]):
             if isinstance(exc, AssignmentError):
                 raise
             raise AssignmentError(f"{source} is malformed: {type(exc).__name__}: {exc}.") from exc
-        return cls(bits, shapes, scale, data.get("meta"))
+        try:
+            return cls(bits, shapes, scale, data.get("meta"))
+        except AssignmentError as exc:  # name the file, not only the group
+            raise AssignmentError(f"{source}: {exc}") from None
 
     def save(self, path: str | Path) -> Path:
         """Write ``path`` (JSON) and, for large bit tensors, ``path`` with suffix ``.npz``."""

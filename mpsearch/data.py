@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from mpsearch.errors import DatasetError, MpsearchError, UnknownNameError
+from mpsearch.errors import DatasetError, MpsearchError, PluginError, UnknownNameError
 
 SPLITS: tuple[str, ...] = ("train", "test")
 AUGMENTATIONS: tuple[str, ...] = ("crop-flip",)
@@ -72,6 +72,23 @@ class DatasetSource(ABC):
             if name not in self.options:
                 raise UnknownNameError("dataset option", name, self.options)
 
+    def check(self, root: Path | None, **options: Any) -> None:
+        """Raise unless :meth:`load` will find its files, without reading them.
+
+        The driver calls this before it creates or runs a study, so that a missing
+        or misplaced dataset is one error at once instead of one failed trial per
+        trial. The default checks the option names and, when ``needs_root``, that
+        the root is a folder; a source whose :attr:`layout` has fixed names should
+        check that they exist (cheaply: no decoding).
+
+        Raises:
+            DatasetError: the root is missing or not in :attr:`layout`.
+            UnknownNameError: an option :meth:`load` does not accept.
+        """
+        self.check_args("train", options)
+        if self.needs_root:
+            self.require_root(root, "dataset")
+
     def require_root(self, root: Path | str | None, what: str) -> Path:
         """``root`` as a Path, or a :class:`DatasetError` when it is not a folder."""
         if root is None:
@@ -91,6 +108,39 @@ def resolve_root(root: str | Path | None) -> Path:
     if root is None or str(root) == "":
         root = os.environ.get("MPSEARCH_DATA") or "data"
     return Path(root).expanduser().absolute()
+
+
+def check_data(spec: Any, host: Any) -> None:
+    """Fail fast when a study's dataset is not where its spec says (see :meth:`DatasetSource.check`).
+
+    Args:
+        spec: a :class:`~mpsearch.spec.StudySpec`; its ``[data]`` name, root and options.
+        host: the :class:`~mpsearch.host.PluginHost` that registered the dataset.
+
+    Raises:
+        DatasetError: one line naming the spec, its ``[data]`` entry, the folder and
+            where that folder came from (``[data] root``, ``$MPSEARCH_DATA`` or ``./data``).
+    """
+    name = spec.data.name
+    source = host.datasets.get(name)
+    root = resolve_root(spec.data.root) if source.needs_root else None
+    try:
+        source.check(root, **spec.data.options)
+    except DatasetError as exc:
+        if root is None:
+            origin = ""
+        elif spec.data.root:
+            origin = "; the root is the spec's [data] root"
+        elif os.environ.get("MPSEARCH_DATA"):
+            origin = "; the root is $MPSEARCH_DATA"
+        else:
+            origin = "; the root is ./data by default: set [data] root or $MPSEARCH_DATA"
+        raise DatasetError(f"{spec.source}: [data] {name}: {str(exc).rstrip('.')}{origin}.") from None
+    except MpsearchError as exc:
+        raise DatasetError(f"{spec.source}: [data] {name} options: {exc}") from None
+    except Exception as exc:  # a plugin's bug, told as such
+        raise PluginError(f"dataset {name!r} (plugin {host.datasets.entry(name).plugin!r}) failed "
+                          f"its check: {type(exc).__name__}: {exc}") from exc
 
 
 @dataclass(frozen=True, eq=False)

@@ -9,15 +9,17 @@ import numpy as np
 import torch
 
 from mpsearch.data import DatasetSource, ImageData
-from mpsearch.image_folder import read_image_folder
 from mpsearch.errors import DatasetError
 from mpsearch.hookspecs import hookimpl
+from mpsearch.image_folder import read_image_folder
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
                    "ship", "truck")
 # The usual values, measured on the lossless training set.
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+# The files of torchvision's python batches.
+CIFAR10_BATCHES = (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta")
 
 
 class CIFAR10Source(DatasetSource):
@@ -33,6 +35,23 @@ class CIFAR10Source(DatasetSource):
     layout = ("ROOT/cifar-10-batches-py (torchvision's python batches) "
               "or ROOT/cifar10/{train,test}/<class>/*.jpg")
     augment = "crop-flip"
+
+    def check(self, root: Path | None, **options: Any) -> None:
+        self.check_args("train", options)
+        root = self.require_root(root, "CIFAR-10")
+        batches, folder = root / "cifar-10-batches-py", root / "cifar10"
+        if batches.is_dir():
+            missing = [f for f in CIFAR10_BATCHES if not (batches / f).is_file()]
+            if missing:
+                raise DatasetError(f"CIFAR-10 batches under {batches} lack {', '.join(missing)}; "
+                                   f"expected {self.layout}.")
+        elif folder.is_dir():
+            missing = [s for s in ("train", "test") if not (folder / s).is_dir()]
+            if missing:
+                raise DatasetError(f"CIFAR-10 folder {folder} has no {' or '.join(missing)} "
+                                   f"folder; expected {self.layout}.")
+        else:
+            raise DatasetError(f"CIFAR-10 not found under {root}; expected {self.layout}.")
 
     def load(self, root: Path | None, split: str, **options: Any) -> ImageData:
         self.check_args(split, options)

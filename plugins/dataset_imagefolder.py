@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mpsearch.data import DatasetSource, ImageData, channel_stats
-from mpsearch.image_folder import read_image_folder
-from mpsearch.errors import MpsearchError
+from mpsearch.data import SPLITS, DatasetSource, ImageData, channel_stats
+from mpsearch.errors import DatasetError, MpsearchError
 from mpsearch.hookspecs import hookimpl
+from mpsearch.image_folder import read_image_folder
 
 
 class ImageFolderSource(DatasetSource):
@@ -31,12 +31,21 @@ class ImageFolderSource(DatasetSource):
     layout = "ROOT/{train,test}/<class>/<image files>"
     options = ("image_size",)
 
+    def check(self, root: Path | None, **options: Any) -> None:
+        self.check_args("train", options)
+        _image_size(options)
+        root = self.require_root(root, "image folder")
+        for split in SPLITS:
+            if not (root / split).is_dir():
+                raise DatasetError(f"image folder {root} has no {split} folder; "
+                                   f"expected {self.layout}.")
+        if not any(p.is_dir() for p in (root / "train").iterdir()):
+            raise DatasetError(f"image folder {root / 'train'} has no class folders; "
+                               f"expected {self.layout}.")
+
     def load(self, root: Path | None, split: str, **options: Any) -> ImageData:
         self.check_args(split, options)
-        size = options.get("image_size", 32)
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise MpsearchError(f"imagefolder option image_size={size!r} must be a positive "
-                                f"integer.")
+        size = _image_size(options)
         root = self.require_root(root, "image folder")
         images, labels, classes = read_image_folder(root / "train", layout=self.layout,
                                                     image_size=size)
@@ -46,6 +55,13 @@ class ImageFolderSource(DatasetSource):
             images, labels, _ = read_image_folder(root / "test", layout=self.layout,
                                                   classes=classes, image_size=size)
         return ImageData(images, labels, classes, mean, std)
+
+
+def _image_size(options: dict[str, Any]) -> int:
+    size = options.get("image_size", 32)
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise MpsearchError(f"imagefolder option image_size={size!r} must be a positive integer.")
+    return size
 
 
 @hookimpl

@@ -14,6 +14,9 @@ from mpsearch.hookspecs import hookimpl
 MNIST_MEAN = (0.1307,)
 MNIST_STD = (0.3081,)
 MNIST_CLASSES = tuple(str(d) for d in range(10))
+# What torchvision's MNIST reads under ROOT/MNIST/raw (uncompressed).
+MNIST_FILES = tuple(f"{split}-{kind}-ubyte" for split in ("train", "t10k")
+                    for kind in ("images-idx3", "labels-idx1"))
 
 
 class MNISTSource(DatasetSource):
@@ -22,6 +25,14 @@ class MNISTSource(DatasetSource):
     description = ("MNIST handwritten digits: 60,000 train / 10,000 test 28x28 greyscale images "
                    "(LeCun et al., 1998, Gradient-based learning applied to document recognition).")
     layout = "ROOT/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte"
+
+    def check(self, root: Path | None, **options: Any) -> None:
+        self.check_args("train", options)
+        raw = self.require_root(root, "MNIST") / "MNIST" / "raw"
+        missing = [f for f in MNIST_FILES if not (raw / f).is_file()]
+        if missing:
+            raise DatasetError(f"MNIST not found under {root}: {raw} lacks {', '.join(missing)}; "
+                               f"expected {self.layout}.")
 
     def load(self, root: Path | None, split: str, **options: Any) -> ImageData:
         self.check_args(split, options)

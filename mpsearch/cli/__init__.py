@@ -82,7 +82,9 @@ def _guard(ctx: click.Context, fn):
 @click.pass_context
 def cli(ctx: click.Context, plugins: tuple[str, ...], debug: bool) -> None:
     """Search mixed-precision quantization of neural networks."""
-    _state(ctx)
+    state = _state(ctx)
+    if plugins and not ctx.resilient_parsing:
+        state.host  # noqa: B018 - a --plugin that cannot load fails every command, not only some
 
 
 def _state(ctx: click.Context) -> State:
