@@ -27,17 +27,20 @@ from typing import Any
 from mpsearch.errors import MpsearchError
 from mpsearch.spec import StudySpec, parse_spec
 from mpsearch.study import Progress, _json_safe, define_space
-from mpsearch.trial import ATTR_FAIL, ATTR_HISTORY, run_trial
+from mpsearch.trial import ATTR_FAIL, ATTR_HISTORY, checkpoint_folder, run_trial
 
 DONE = "mpsearch_done"
 VALUES = "mpsearch_values"
 ATTRS = "mpsearch_attrs"
 EPOCH = "mpsearch_epoch"
 NUMBER = "_number"
+RETRY_OF = "_retry_of"
+ATTR_NODE = "ray_node"  # the Ray node that ran the trial (its last attempt)
 
 
 def _trainable(config: dict, spec_dict: dict, artefacts: str, threads: int) -> None:
     """One trial in a Ray worker: run it and report its outcome as the final result."""
+    import ray
     from ray import tune
 
     spec = parse_spec(spec_dict, source="study spec")
@@ -45,8 +48,14 @@ def _trainable(config: dict, spec_dict: dict, artefacts: str, threads: int) -> N
     def reporter(epoch: int, metrics: dict) -> None:
         tune.report({EPOCH: json.dumps(_json_safe(dict(metrics)))})
 
+    # A trial Ray restarts (its worker or node died) finds its own checkpoints in the
+    # study's folder; a re-queued trial resumes from those of the trial it re-runs.
+    retry_of = config.get(RETRY_OF)
     outcome = run_trial(spec, int(config[NUMBER]), config["strategy"], config["params"],
-                        artefacts=Path(artefacts), threads=threads, reporter=reporter)
+                        artefacts=Path(artefacts), threads=threads, reporter=reporter,
+                        resume_from=None if retry_of is None
+                        else checkpoint_folder(Path(artefacts), int(retry_of)))
+    outcome.attrs[ATTR_NODE] = ray.get_runtime_context().get_node_id()
     final: dict[str, Any] = {DONE: True, ATTRS: json.dumps(_json_safe(outcome.attrs))}
     if outcome.values is not None:
         final[VALUES] = json.dumps(outcome.values)
@@ -64,17 +73,34 @@ def _searcher_class():
     class MpsearchOptunaSearch(OptunaSearch):
         """OptunaSearch that records what mpsearch needs and never leaves a trial RUNNING."""
 
-        def __init__(self, *args, objective_names: list[str], progress: Progress | None, **kw):
+        def __init__(self, *args, objective_names: list[str], progress: Progress | None,
+                     driver=None, **kw):
             super().__init__(*args, **kw)
             self._objective_names = objective_names
             self._progress = progress
+            self._driver = driver  # mpsearch.driver.Driver: claims under the study's lock
             self._histories: dict[str, list] = {}
 
+        def __getstate__(self) -> dict:
+            # Tune pickles its searcher with the tuner (for Tuner.restore, which mpsearch does
+            # not use); the driver's heartbeat thread and locks stay in this process.
+            return {**self.__dict__, "_driver": None}
+
         def suggest(self, trial_id: str):
-            config = super().suggest(trial_id)
+            if self._driver is None:
+                config = super().suggest(trial_id)
+            else:  # count and claim under the study's lock, so drivers never overshoot
+                with self._driver.claiming() as allowed:
+                    if not allowed:
+                        return self.FINISHED
+                    config = super().suggest(trial_id)
+                    self._driver.started(self._ot_trials[trial_id])
             if config is None:
                 return None
             config[NUMBER] = self._ot_trials[trial_id].number
+            retry_of = self._ot_trials[trial_id].user_attrs.get("retry_of")
+            if retry_of is not None:
+                config[RETRY_OF] = int(retry_of)
             if self._progress is not None:
                 self._progress.running += 1
                 self._progress.show()
@@ -92,9 +118,14 @@ def _searcher_class():
         def on_trial_result(self, trial_id: str, result: dict) -> None:
             if EPOCH not in result or trial_id not in self._ot_trials:
                 return
+            from optuna.exceptions import UpdateFinishedTrialError
+
             history = self._histories.setdefault(trial_id, [])
             history.append(json.loads(result[EPOCH]))
-            self._ot_trials[trial_id].set_user_attr(ATTR_HISTORY, history)
+            try:
+                self._ot_trials[trial_id].set_user_attr(ATTR_HISTORY, history)
+            except UpdateFinishedTrialError:  # another driver judged it stale and failed it
+                return
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None,
                               error: bool = False) -> None:
@@ -103,6 +134,10 @@ def _searcher_class():
             if trial_id in self._completed_trials or trial_id not in self._ot_trials:
                 return
             ot_trial = self._ot_trials[trial_id]
+            if self._driver is not None and not self._driver.still_running(ot_trial):
+                self._driver.finished(ot_trial)  # another driver failed it as stale
+                self._completed_trials.add(trial_id)
+                return
             values, reason = None, None
             if result and result.get(DONE):
                 attrs = json.loads(result.get(ATTRS, "{}"))
@@ -124,6 +159,8 @@ def _searcher_class():
                 self._ot_study.tell(ot_trial, state=TrialState.FAIL)
             else:
                 self._ot_study.tell(ot_trial, values)
+            if self._driver is not None:
+                self._driver.finished(ot_trial)
             self._completed_trials.add(trial_id)
             if self._progress is not None:
                 self._progress.finished(None if values is None else
@@ -135,7 +172,7 @@ def _searcher_class():
 
 def run_with_ray(study, spec: StudySpec, host, remaining: int, storage_url: str | None,
                  artefacts: Path, *, address: str | None = None,
-                 progress: Progress | None = None) -> dict[str, float]:
+                 progress: Progress | None = None, driver=None) -> dict[str, float]:
     """Run ``remaining`` trials of ``study`` on Ray Tune and record them in the study.
 
     Returns:
@@ -163,7 +200,8 @@ def run_with_ray(study, spec: StudySpec, host, remaining: int, storage_url: str 
         else:
             cpus = max(int(math.ceil(spec.resources.cpus_per_trial * spec.resources.max_concurrent)),
                        os.cpu_count() or 1)
-            ray.init(num_cpus=cpus, **kwargs)
+            # "local": a runtime of our own, never a cluster some other process left running
+            ray.init(address="local", num_cpus=cpus, **kwargs)
         started_here, ray_start = True, time.monotonic() - t
         if progress is not None:
             progress.detail = f"| ray started in {ray_start:.1f} s"
@@ -173,7 +211,7 @@ def run_with_ray(study, spec: StudySpec, host, remaining: int, storage_url: str 
         searcher = _searcher_class()(
             space=define_space(spec, host), metric=names, mode=modes, sampler=make_sampler(spec),
             study_name=spec.name, storage=open_storage(storage_url), objective_names=names,
-            progress=progress)
+            progress=progress, driver=driver)
         trainable = tune.with_resources(
             tune.with_parameters(_trainable, spec_dict=spec.to_dict(), artefacts=str(artefacts),
                                  threads=max(1, int(spec.resources.cpus_per_trial))),
@@ -188,7 +226,10 @@ def run_with_ray(study, spec: StudySpec, host, remaining: int, storage_url: str 
                                         trial_dirname_creator=_trial_dirname),
             run_config=tune.RunConfig(name=f"{spec.name}-{int(time.time())}",
                                       storage_path=str(artefacts / "ray"), verbose=0,
-                                      failure_config=tune.FailureConfig(max_failures=0)))
+                                      # a trial whose worker or node died is restarted and
+                                      # resumes from its last per-epoch checkpoint
+                                      failure_config=tune.FailureConfig(
+                                          max_failures=spec.resources.max_retries)))
         tuner.fit()
     finally:
         if started_here:

@@ -189,6 +189,8 @@ class ResourcesSection:
     gpus_per_trial: float = 0
     max_concurrent: int = 1
     executor: str = "ray"
+    checkpoint: bool = True  # per-epoch checkpoints, so a restarted trial resumes
+    max_retries: int = 2  # times Ray restarts a trial whose worker or node died
 
 
 @dataclass(frozen=True)
@@ -331,6 +333,8 @@ def parse_spec(raw: Mapping[str, Any], source: str = "spec", host=None) -> Study
         compile=r.choice(t, "training", "compile", COMPILE, defaults.compile))
 
     b = raw.get("backend", {"name": "generic"})
+    if isinstance(b, str):  # backend = "loom" is short for [backend] name = "loom"
+        b = {"name": b}
     r.is_table(b, "backend")
     r.keys(b, "backend", {"name"}, required={"name"})
     backend = r.plugin(b, "backend", "name", host, "backends")
@@ -365,7 +369,9 @@ def parse_spec(raw: Mapping[str, Any], source: str = "spec", host=None) -> Study
         gpus_per_trial=r.number(res, "resources", "gpus_per_trial", default=dres.gpus_per_trial),
         max_concurrent=r.integer(res, "resources", "max_concurrent", low=1,
                                  default=dres.max_concurrent),
-        executor=r.choice(res, "resources", "executor", EXECUTORS, dres.executor))
+        executor=r.choice(res, "resources", "executor", EXECUTORS, dres.executor),
+        checkpoint=r.boolean(res, "resources", "checkpoint", dres.checkpoint),
+        max_retries=r.integer(res, "resources", "max_retries", default=dres.max_retries))
 
     plugins = raw.get("plugins", [])
     if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
@@ -505,6 +511,12 @@ class _Reader:
         v = t[key]
         if isinstance(v, bool) or not isinstance(v, int) or v < low:
             raise self.fail(section, key, f"must be an integer >= {low}, not {v!r}.")
+        return v
+
+    def boolean(self, t: Mapping, section: str, key: str, default: bool) -> bool:
+        v = t.get(key, default)
+        if not isinstance(v, bool):
+            raise self.fail(section, key, f"must be true or false, not {v!r}.")
         return v
 
     def number(self, t: Mapping, section: str, key: str, default: float, positive: bool = False):

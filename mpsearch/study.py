@@ -6,9 +6,18 @@ storage, which ``mpsearch study show``, ``optuna`` and optuna-dashboard all read
 Ray Tune owns placement (see :mod:`mpsearch.ray_executor`); ``executor="local"``
 runs the same trial function in this process, one trial after another.
 
-Resuming: trials that a dead driver left RUNNING are marked FAIL (with the reason)
-and re-queued with the same parameters, so numbering continues and no COMPLETE
-trial is repeated or lost. Only one driver should run a study at a time.
+Several drivers may run one study at once (on PostgreSQL from several machines,
+on SQLite from one). Together they run exactly ``n_trials`` counted trials
+(COMPLETE, or FAIL for a reason of their own): each counts and claims its next
+trial under the study's lock, and an enqueued point runs once. Each driver keeps
+a heartbeat for every trial it runs, so a driver's trials are never failed while
+it lives.
+
+Resuming: trials whose driver died (``kill -9``, a lost machine) go stale once
+their last heartbeat is older than the grace period (10 s by default). The next
+driver to claim a trial marks them FAIL (with the reason, ``orphaned = true``) and
+re-queues them with the same parameters (``retry_of``). Numbering continues and no
+COMPLETE trial is repeated or lost. See :mod:`mpsearch.driver` for the details.
 """
 
 from __future__ import annotations
@@ -22,15 +31,29 @@ from pathlib import Path
 from typing import Any
 
 from mpsearch import __version__
+from mpsearch.driver import (  # noqa: F401 - ORPHAN, counted_count, finished_count, reconcile re-exported
+    ORPHAN,
+    RETRY_OF,
+    Driver,
+    counted_count,
+    finished_count,
+    reconcile,
+)
 from mpsearch.errors import MpsearchError
+from mpsearch.heartbeat import DEFAULT_GRACE, DEFAULT_INTERVAL
 from mpsearch.spec import ACCURACY, StudySpec, parse_spec
-from mpsearch.storage import (OBJECTIVES_ATTR, SPEC_ATTR, UNITS_ATTR, load_study, open_storage,
-                              study_dir)
-from mpsearch.trial import ATTR_FAIL, TrialOutcome, run_trial
+from mpsearch.storage import (
+    OBJECTIVES_ATTR,
+    SPEC_ATTR,
+    UNITS_ATTR,
+    load_study,
+    open_storage,
+    study_dir,
+    study_lock,
+)
+from mpsearch.trial import TrialOutcome, checkpoint_folder, run_trial
 
-RETRY_OF = "retry_of"
 RUNS = "runs"  # one record per `run`: executor, trials, wall seconds, Ray start-up seconds
-ORPHAN = "orphaned"
 STRATEGY_PARAM = "strategy"
 
 
@@ -115,37 +138,6 @@ def stored_spec(study, host=None) -> StudySpec:
     return parse_spec(raw, source=f"study {study.study_name!r}", host=host)
 
 
-def reconcile(study) -> list[int]:
-    """Fail the trials left RUNNING by a driver that stopped, and re-queue their parameters.
-
-    Returns the numbers of the trials that were failed.
-    """
-    from optuna.trial import TrialState
-
-    orphans = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    storage = study._storage
-    for t in orphans:
-        storage.set_trial_user_attr(t._trial_id, ATTR_FAIL,
-                                    "left RUNNING by a driver that stopped; re-queued with the "
-                                    "same parameters")
-        storage.set_trial_user_attr(t._trial_id, ORPHAN, True)
-        storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
-        attrs = {RETRY_OF: t.number}
-        if STRATEGY_PARAM in t.user_attrs:
-            attrs[STRATEGY_PARAM] = t.user_attrs[STRATEGY_PARAM]
-        study.enqueue_trial(t.params, user_attrs=attrs, skip_if_exists=False)
-    return [t.number for t in orphans]
-
-
-def finished_count(study) -> int:
-    """Trials that count toward ``n_trials``: COMPLETE, or FAIL for a reason of their own."""
-    from optuna.trial import TrialState
-
-    return sum(1 for t in study.get_trials(deepcopy=False)
-               if t.state == TrialState.COMPLETE
-               or (t.state == TrialState.FAIL and not t.user_attrs.get(ORPHAN)))
-
-
 @dataclass
 class Progress:
     """Counts for the live display: trials running, done, failed, best accuracy, elapsed."""
@@ -184,10 +176,15 @@ class Progress:
                 self.best = acc
 
 
-def record(study, trial, spec: StudySpec, outcome: TrialOutcome) -> None:
-    """Store a finished trial: attributes, then COMPLETE with its values or FAIL."""
+def record(study, trial, spec: StudySpec, outcome: TrialOutcome, driver: Driver | None = None) -> None:
+    """Store a finished trial: attributes, then COMPLETE with its values or FAIL.
+
+    Nothing is stored when ``driver`` finds the trial failed by another driver meanwhile.
+    """
     from optuna.trial import TrialState
 
+    if driver is not None and not driver.still_running(trial):
+        return
     for key, value in _json_safe(outcome.attrs).items():
         trial.set_user_attr(key, value)
     if outcome.failed:
@@ -198,13 +195,20 @@ def record(study, trial, spec: StudySpec, outcome: TrialOutcome) -> None:
 
 def run_study(name: str, storage_url: str | None, host, *, n_trials: int | None = None,
               executor: str | None = None, address: str | None = None,
-              progress: bool = True) -> Any:
+              progress: bool = True, heartbeat: float = DEFAULT_INTERVAL,
+              grace: float = DEFAULT_GRACE) -> Any:
     """Run (or continue) a study until it has its trials, and return it.
+
+    Returns when the study has its counted trials and none is RUNNING: it waits for
+    other drivers' trials, and runs those a stopped driver left (see :mod:`mpsearch.driver`).
 
     Args:
         n_trials: run this many more trials (default: up to the spec's ``n_trials``).
         executor: ``"ray"`` or ``"local"`` (default: the spec's).
         address: an existing Ray cluster (``HOST:PORT`` or ``auto``).
+        heartbeat: seconds between this driver's heartbeats.
+        grace: seconds without a heartbeat after which another driver's trial is failed
+            and re-queued (the trial's own grace period, if it carries one, wins).
     """
     import optuna
 
@@ -212,37 +216,50 @@ def run_study(name: str, storage_url: str | None, host, *, n_trials: int | None 
     study = load_study(storage_url, name)
     spec = stored_spec(study, host)
     study.sampler = make_sampler(spec)
-    orphans = reconcile(study)
-    if orphans and progress:
-        print(f"re-queued trial(s) {', '.join(map(str, orphans))} left running by a stopped driver",
-              file=sys.stderr)
-    remaining = n_trials if n_trials is not None else max(0, spec.study.n_trials - finished_count(study))
-    if remaining == 0:
-        return study
+    say = (lambda message: print(message, file=sys.stderr)) if progress else None
+    driver = Driver(study, spec.study.n_trials, interval=heartbeat, grace=grace, say=say)
+    if n_trials is not None:
+        driver.target = driver.count() + n_trials
     artefacts = study_dir(storage_url, name)
-    artefacts.mkdir(parents=True, exist_ok=True)
     executor = executor or spec.resources.executor
     started, timings = time.time(), {}
-    if executor == "local":
-        _run_local(study, spec, host, remaining, artefacts, progress)
-    else:
-        from mpsearch.ray_executor import run_with_ray
+    with driver:
+        while True:
+            remaining = driver.target - driver.count()
+            if remaining > 0:
+                artefacts.mkdir(parents=True, exist_ok=True)
+                if executor == "local":
+                    _run_local(study, spec, host, driver, remaining, artefacts, progress)
+                else:
+                    from mpsearch.ray_executor import run_with_ray
 
-        timings = run_with_ray(study, spec, host, remaining, storage_url, artefacts, address=address,
-                               progress=Progress(remaining) if progress else None)
-    runs = list(study.user_attrs.get(RUNS, []))
-    runs.append({"started": started, "executor": executor, "trials": remaining,
-                 "max_concurrent": spec.resources.max_concurrent,
-                 "seconds": time.time() - started, **timings})
-    study.set_user_attr(RUNS, runs)
+                    timings = run_with_ray(study, spec, host, remaining, storage_url, artefacts,
+                                           address=address, driver=driver,
+                                           progress=Progress(remaining) if progress else None)
+            if not driver.wait_for_others():
+                break
+    if driver.claimed:
+        with study_lock(study._storage, study._study_id):  # another driver may append too
+            runs = list(optuna.load_study(study_name=name, storage=study._storage).user_attrs
+                        .get(RUNS, []))
+            runs.append({"started": started, "executor": executor, "trials": driver.claimed,
+                         "max_concurrent": spec.resources.max_concurrent,
+                         "seconds": time.time() - started, **timings})
+            study.set_user_attr(RUNS, runs)
     return study
 
 
-def _run_local(study, spec: StudySpec, host, remaining: int, artefacts: Path, progress: bool) -> None:
+def _run_local(study, spec: StudySpec, host, driver: Driver, remaining: int, artefacts: Path,
+               progress: bool) -> None:
+    """Claim and run trials one after another until the driver may claim no more."""
     space = define_space(spec, host)
     display = Progress(remaining)
-    for _ in range(remaining):
-        trial = study.ask()
+    while True:
+        with driver.claiming() as allowed:
+            if not allowed:
+                break
+            trial = study.ask()
+            driver.started(trial)
         drawn = space(trial)
         display.running += 1
         if progress:
@@ -253,10 +270,15 @@ def _run_local(study, spec: StudySpec, host, remaining: int, artefacts: Path, pr
                 display.detail = f"| trial {_trial.number} epoch {epoch}"
                 display.show()
 
+        # a re-queued trial resumes from the checkpoints of the trial it re-runs
+        retry_of = trial.user_attrs.get(RETRY_OF)
         outcome = run_trial(spec, trial.number, drawn["strategy"], drawn["params"],
                             artefacts=artefacts, threads=int(spec.resources.cpus_per_trial),
-                            reporter=reporter)
-        record(study, trial, spec, outcome)
+                            reporter=reporter,
+                            resume_from=None if retry_of is None
+                            else checkpoint_folder(artefacts, int(retry_of)))
+        record(study, trial, spec, outcome, driver)
+        driver.finished(trial)
         display.finished(outcome.values)
         display.detail = ""
         if progress:

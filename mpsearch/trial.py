@@ -24,13 +24,21 @@ from torch import nn
 
 from mpsearch.assignment import PrecisionAssignment
 from mpsearch.backends import Backend
+from mpsearch.checkpoint import CheckpointMismatch, TrialCheckpointer
 from mpsearch.data import ImageData, resolve_root
 from mpsearch.errors import MpsearchError
 from mpsearch.models import model_profile
 from mpsearch.objectives import Objective
 from mpsearch.profile import ModelProfile
 from mpsearch.spec import StudySpec
-from mpsearch.training import TrialFailed, evaluate, make_optimizer, make_schedule, steps_per_epoch, train_epoch
+from mpsearch.training import (
+    TrialFailed,
+    evaluate,
+    make_optimizer,
+    make_schedule,
+    steps_per_epoch,
+    train_epoch,
+)
 
 # Names of the values and attributes a trial records (Optuna user attributes).
 ATTR_STRATEGY = "strategy"
@@ -45,6 +53,8 @@ ATTR_ARTEFACTS = "artefacts"
 ATTR_FAIL = "fail_reason"
 ATTR_UNITS = "units"
 ATTR_HISTORY = "history"
+ATTR_CHECKPOINTS = "checkpoints"
+ATTR_CHECKPOINT_WARNING = "checkpoint_warning"
 
 
 def trial_seed(study_seed: int, number: int) -> int:
@@ -135,6 +145,7 @@ class TrialContext:
     reporter: Callable[[int, Mapping[str, float]], None] = lambda epoch, metrics: None
     history: list[dict[str, float]] = field(default_factory=list)
     epochs_trained: float = 0.0
+    checkpoints: TrialCheckpointer | None = None
 
     @property
     def epochs(self) -> int:
@@ -176,14 +187,30 @@ class TrialContext:
             The last epoch's metrics, with validation accuracy.
         """
         data = data or self.train
+        checkpoints = self.checkpoints
+        call = checkpoints.begin() if checkpoints is not None else -1
+        if checkpoints is not None and checkpoints.resuming:
+            ended = checkpoints.finished_call(call, model, self.generator)
+            if ended is not None:  # trained before the interruption: its end state is loaded
+                self._restore(ended)
+                return dict(ended["metrics"])
         whole, part = int(epochs), epochs - int(epochs)
         batches = [None] * whole + ([max(1, round(part * steps_per_epoch(data, self.training.batch_size)))]
                                     if part > 1e-9 else [])
         optimizer = make_optimizer(self.training, groups or list(model.parameters()), lr)
         total = sum(steps_per_epoch(data, self.training.batch_size, b) for b in batches)
         schedule = make_schedule(self.training, optimizer, total)
+        optimizers = [optimizer, *extra_optimizers]
         metrics: dict[str, float] = {}
+        start = 0
+        if checkpoints is not None and checkpoints.resuming:
+            state = checkpoints.resume_call(call, model, optimizers, schedule, self.generator)
+            if state is not None:
+                self._restore(state)
+                metrics, start = dict(state["metrics"]), int(state["epoch"]) + 1
         for i, max_batches in enumerate(batches):
+            if i < start:
+                continue
             metrics = train_epoch(model, data, optimizer, batch_size=self.training.batch_size,
                                   generator=self.generator, augment=self.augment, schedule=schedule,
                                   extra_loss=extra_loss, after_step=after_step, max_batches=max_batches,
@@ -195,7 +222,27 @@ class TrialContext:
                 metrics.update(on_epoch(i) or {})
             if report:
                 self.report(phase=phase, **metrics)
+            if checkpoints is not None:
+                checkpoints.epoch_done(call, i, model, optimizers, schedule, self.generator,
+                                       {**self._state(), "metrics": metrics})
+        if checkpoints is not None:
+            checkpoints.call_done(call, model, self.generator, metrics, self._state())
         return metrics
+
+    def track(self, name: str, obj: Any) -> None:
+        """Keep a strategy's own state (a schedule it steps, a dict of counters) in the
+        trial's checkpoints, so a resumed trial restores it. See :mod:`mpsearch.checkpoint`."""
+        if self.checkpoints is not None:
+            self.checkpoints.track(name, obj)
+
+    def _state(self) -> dict[str, Any]:
+        return {"history": list(self.history), "epochs_trained": self.epochs_trained}
+
+    def _restore(self, state: Mapping[str, Any]) -> None:
+        self.history[:] = list(state["history"])
+        self.epochs_trained = float(state["epochs_trained"])
+        if self.checkpoints is not None:  # the trial's record starts from the restored history
+            self.checkpoints.context_history = self.history
 
     def evaluate(self, model: nn.Module, data: ImageData | None = None) -> float:
         return evaluate(model, self.val if data is None else data)
@@ -222,12 +269,19 @@ class TrialOutcome:
 
 def run_trial(spec: StudySpec, number: int, strategy: str, params: Mapping[str, Any], *,
               artefacts: Path | None = None, threads: int | None = None,
-              reporter: Callable[[int, Mapping[str, float]], None] | None = None) -> TrialOutcome:
+              reporter: Callable[[int, Mapping[str, float]], None] | None = None,
+              resume_from: Path | None = None) -> TrialOutcome:
     """Run one trial and return its values, or a failure with its reason.
 
     A strategy that raises, a non-finite loss, or an out-of-memory error fail the
     trial (the message is kept); they never escape. Bad input that concerns the
     whole study (an unknown plugin name) raises :class:`MpsearchError`.
+
+    With ``artefacts`` and ``[resources] checkpoint`` on, a resumable strategy's
+    trial checkpoints every epoch to ``trial-NNNNN/checkpoint/`` there, resumes
+    from that folder if it holds a checkpoint (Ray restarted the trial), or else
+    from ``resume_from`` (the checkpoints of the trial this one re-runs). The
+    checkpoints are deleted when the trial ends.
     """
     started = time.perf_counter()
     seed = trial_seed(spec.study.seed, number)
@@ -244,8 +298,14 @@ def run_trial(spec: StudySpec, number: int, strategy: str, params: Mapping[str, 
         if reporter is not None:
             reporter(epoch, metrics)
 
+    checkpoints = _checkpointer(spec, number, strategy, params, host, artefacts, resume_from)
     try:
-        outcome = _run(spec, number, seed, strategy, params, host, report, artefacts)
+        try:
+            outcome = _run(spec, number, seed, strategy, params, host, report, artefacts, checkpoints)
+        except CheckpointMismatch as exc:
+            history.clear()
+            checkpoints = checkpoints.restart(f"the checkpoint did not fit the trial ({exc})")
+            outcome = _run(spec, number, seed, strategy, params, host, report, artefacts, checkpoints)
     except (TrialFailed, MpsearchError) as exc:
         outcome = TrialOutcome(None, {ATTR_FAIL: str(exc)})
     except torch.OutOfMemoryError as exc:
@@ -255,6 +315,14 @@ def run_trial(spec: StudySpec, number: int, strategy: str, params: Mapping[str, 
     except Exception as exc:  # noqa: BLE001 - a strategy's bug fails its trial, not the study
         outcome = TrialOutcome(None, {ATTR_FAIL: f"strategy {strategy!r} raised "
                                                  f"{type(exc).__name__}: {exc}"})
+    if checkpoints is not None:
+        if checkpoints.context_history is not None:
+            history[:] = checkpoints.context_history
+        attrs[ATTR_CHECKPOINTS] = {"saved": checkpoints.saved, "skipped": checkpoints.skipped,
+                                   "resumed_at": checkpoints.resumed_at}
+        if checkpoints.warning:
+            attrs[ATTR_CHECKPOINT_WARNING] = checkpoints.warning
+        checkpoints.remove()
     outcome.attrs = {**attrs, **outcome.attrs, ATTR_HISTORY: history,
                      ATTR_SECONDS: time.perf_counter() - started}
     host.trial_ended(spec.name, number, "FAIL" if outcome.failed else "COMPLETE",
@@ -262,8 +330,30 @@ def run_trial(spec: StudySpec, number: int, strategy: str, params: Mapping[str, 
     return outcome
 
 
+def checkpoint_folder(artefacts: Path, number: int) -> Path:
+    """Where trial ``number`` of a study with artefacts in ``artefacts`` keeps its checkpoints."""
+    return Path(artefacts) / f"trial-{number:05d}" / "checkpoint"
+
+
+def _checkpointer(spec: StudySpec, number: int, strategy: str, params: Mapping[str, Any], host,
+                  artefacts: Path | None, resume_from: Path | None) -> TrialCheckpointer | None:
+    if artefacts is None or not spec.resources.checkpoint:
+        return None
+    try:
+        if not getattr(host.strategies.get(strategy), "resumable", False):
+            return None
+    except MpsearchError:
+        return None  # the unknown name fails the trial in _run, with its message
+    own = checkpoint_folder(artefacts, number)
+    identity = {"strategy": strategy, "params": json.loads(json.dumps(dict(params), default=str)),
+                "spec": json.dumps(spec.to_dict(), sort_keys=True, default=str)}
+    source = own if (own / "last.pt").exists() else resume_from
+    return TrialCheckpointer(own, source, identity)
+
+
 def _run(spec: StudySpec, number: int, seed: int, strategy_name: str, params: Mapping[str, Any],
-         host, report, artefacts: Path | None) -> TrialOutcome:
+         host, report, artefacts: Path | None,
+         checkpoints: TrialCheckpointer | None = None) -> TrialOutcome:
     device = pick_device(spec.training.device)
     from mpsearch.quant import set_compile
 
@@ -277,15 +367,17 @@ def _run(spec: StudySpec, number: int, seed: int, strategy_name: str, params: Ma
         return model_spec.create(train.num_classes, train.input_shape, seed=seed).to(device)
 
     profile = model_profile(model_spec, train.num_classes, train.input_shape)
-    objectives = {n: host.objectives.get(n) for n in spec.cost_objectives}
     backend = host.backends.get(spec.backend)
+    objectives = {n: host.objectives.get(n).for_backend(backend, spec.backend)
+                  for n in spec.cost_objectives}
     augment = spec.data.augment
     if augment == "default":
         augment = host.datasets.get(spec.data.name).augment
     context = TrialContext(spec=spec, number=number, seed=seed, device=device, model=make_model(),
                            profile=profile, train=train, val=val, objectives=objectives,
                            backend=backend, generator=generator, make_model=make_model,
-                           augment=None if augment in (None, "none") else augment, reporter=report)
+                           augment=None if augment in (None, "none") else augment, reporter=report,
+                           checkpoints=checkpoints)
     strategy = host.strategies.get(strategy_name)()
     result = strategy.run(context, params)
     assignment = result.assignment

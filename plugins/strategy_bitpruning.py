@@ -99,6 +99,7 @@ class BitPruningStrategy(Strategy):
     """
 
     label = "bitpruning"
+    resumable = True
     parameters: ClassVar[Mapping[str, Param]] = {
         "gamma": Param(low=0.05, high=5.0, log=True),
         "lr_bits": Param(low=0.02, high=0.5, log=True),
@@ -155,6 +156,8 @@ class BitPruningStrategy(Strategy):
         learned = {id(w) for w in widths}
         bit_optimizer = torch.optim.Adam(widths, lr=float(p["lr_bits"]), betas=ADAM_BETAS, weight_decay=0.0)
         bit_schedule = make_schedule(training, bit_optimizer, _steps(context, search_epochs))
+        if bit_schedule is not None:
+            context.track("bit_schedule", bit_schedule)
 
         def after_step() -> None:
             if bit_schedule is not None:
@@ -237,7 +240,7 @@ def criterion_objective(context, criterion: str) -> Objective | None:
         registry = plugin_host(tuple(context.spec.plugins)).objectives
         if criterion not in registry:
             raise UnknownNameError("bitpruning criterion", criterion, [UNIFORM, *registry.names()])
-        objective = registry.get(criterion)
+        objective = registry.get(criterion).for_backend(context.backend, context.spec.backend)
     return objective
 
 

@@ -112,6 +112,7 @@ class FracBitsStrategy(Strategy):
     """
 
     label = "fracbits"
+    resumable = True
     parameters: ClassVar[Mapping[str, Param]] = {
         "target_fraction": Param(low=0.1, high=0.6),
         "target": Param(value=0.0),
@@ -234,6 +235,7 @@ class FracBitsStrategy(Strategy):
         steps = context.epochs * steps_per_epoch(context.train, context.training.batch_size)
         split_step = min(steps, max(1, round(float(p["split"]) * steps)))
         state: dict[str, Any] = {"step": 0, "found": None, "search_cost": None}
+        context.track("state", state)  # checkpoints stop once "found" holds the frozen result
 
         def freeze() -> None:
             with torch.no_grad():
@@ -515,7 +517,8 @@ def _objective(context, name: str) -> tuple[str, Objective]:
     if objective is None:
         from mpsearch.trial import plugin_host
 
-        objective = plugin_host(tuple(context.spec.plugins)).objectives.get(name)
+        objective = plugin_host(tuple(context.spec.plugins)).objectives.get(name).for_backend(
+            context.backend, context.spec.backend)
     if not objective.has_differentiable:
         raise MpsearchError(f"strategy 'fracbits' penalises a differentiable cost; objective {name!r} has "
                             f"none. Name another with the parameter objective.")

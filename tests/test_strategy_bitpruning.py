@@ -242,7 +242,11 @@ def test_a_criterion_without_a_differentiable_form_is_refused(lenet, lenet_profi
 
 
 def test_any_registered_objective_is_a_criterion_and_a_typo_gets_a_suggestion():
-    context = SimpleNamespace(objectives={}, spec=SimpleNamespace(plugins=()))
+    from mpsearch.host import PluginHost
+
+    generic = PluginHost(entry_points=False).backends.get("generic")
+    context = SimpleNamespace(objectives={}, backend=generic,
+                              spec=SimpleNamespace(plugins=(), backend="generic"))
     assert criterion_objective(context, "uniform") is None
     assert criterion_objective(context, "footprint@128").batch_size == 128  # not a study objective
     with pytest.raises(MpsearchError, match="Did you mean 'bitops'"):

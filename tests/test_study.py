@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import textwrap
-import time
 from pathlib import Path
 
 import optuna
@@ -113,48 +108,6 @@ def test_same_spec_and_seed_give_the_same_first_trial(tmp_path, host):
     assert p1 == p2 and abs(a1 - a2) <= 1e-6 and c1 == c2
 
 
-def test_resume_after_the_driver_is_killed(tmp_path):
-    spec = toy_spec(tmp_path, n_trials=4)
-    env = {**os.environ, "MPSEARCH_COMPILE": "off"}
-    driver = subprocess.Popen([sys.executable, "-m", "mpsearch.cli", "study", "create", str(spec),
-                               "--storage", url(tmp_path), "--quiet"], cwd=tmp_path, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    killed_running = None
-    while time.monotonic() < deadline and driver.poll() is None:
-        try:
-            trials = optuna.load_study(study_name="toy", storage=url(tmp_path)).trials
-        except (KeyError, Exception):  # noqa: BLE001 - not created yet
-            time.sleep(0.2)
-            continue
-        complete = [t for t in trials if t.state == TrialState.COMPLETE]
-        running = [t for t in trials if t.state == TrialState.RUNNING]
-        if complete and running:
-            killed_running = running[0]
-            driver.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.1)
-    driver.wait(timeout=30)
-    assert killed_running is not None, driver.stderr.read().decode()[-2000:]
-    before = {t.number: t.values for t in optuna.load_study(study_name="toy", storage=url(tmp_path)).trials
-              if t.state == TrialState.COMPLETE}
-
-    result = CliRunner().invoke(cli, ["--plugin", str(TOY), "study", "run", "toy",
-                                      "--storage", url(tmp_path), "--quiet"])
-    assert result.exit_code == 0, result.output
-    trials = optuna.load_study(study_name="toy", storage=url(tmp_path)).trials
-    assert [t.number for t in trials] == list(range(len(trials)))  # numbering continues
-    assert all(t.state in (TrialState.COMPLETE, TrialState.FAIL) for t in trials)
-    for number, values in before.items():  # nothing COMPLETE lost or changed
-        assert trials[number].state == TrialState.COMPLETE and trials[number].values == values
-    orphan = trials[killed_running.number]
-    assert orphan.state == TrialState.FAIL and "driver that stopped" in orphan.user_attrs["fail_reason"]
-    retries = [t for t in trials if t.user_attrs.get("retry_of") == killed_running.number]
-    assert len(retries) == 1 and retries[0].params == killed_running.params
-    assert retries[0].state == TrialState.COMPLETE
-    assert sum(t.state == TrialState.COMPLETE for t in trials) == 4
-
-
 @pytest.mark.ray
 def test_ray_study_with_two_concurrent_trials(tmp_path):
     spec = toy_spec(tmp_path, n_trials=4, executor="ray", concurrent=2, space="enqueue = [{bits = 2}]")
@@ -187,59 +140,59 @@ def test_ray_study_with_two_concurrent_trials(tmp_path):
 
 BAD_SPECS = [
     ("[study\nname=", "not valid TOML"),
-    ("[study]\nname='x'\nobjectives=['accuracy','bitops']\nn_trials=2\ncolour='red'\n"
-     "[model]\nname='lenet5'\n[data]\nname='mnist-mini'\n[[strategy]]\nname='uniform'\n",
+    (("[study]\nname='x'\nobjectives=['accuracy','bitops']\nn_trials=2\ncolour='red'\n"
+     "[model]\nname='lenet5'\n[data]\nname='mnist-mini'\n[[strategy]]\nname='uniform'\n"),
      "unknown key(s) colour in [study]"),
-    ("[study]\nname='x'\nobjectives=['accuracy','bitops']\nn_trials='ten'\n"
-     "[model]\nname='lenet5'\n[data]\nname='mnist-mini'\n[[strategy]]\nname='uniform'\n",
+    (("[study]\nname='x'\nobjectives=['accuracy','bitops']\nn_trials='ten'\n"
+     "[model]\nname='lenet5'\n[data]\nname='mnist-mini'\n[[strategy]]\nname='uniform'\n"),
      "[study] n_trials must be an integer >= 1"),
-    ("[study]\nname='x'\nobjectives=['accuracy','bitop']\nn_trials=2\n"
-     "[model]\nname='lenet5'\n[data]\nname='mnist-mini'\n[[strategy]]\nname='uniform'\n",
+    (("[study]\nname='x'\nobjectives=['accuracy','bitop']\nn_trials=2\n"
+     "[model]\nname='lenet5'\n[data]\nname='mnist-mini'\n[[strategy]]\nname='uniform'\n"),
      "unknown objective 'bitop'. Did you mean 'bitops'"),
-    ("[study]\nname='x'\nobjectives=['bitops']\nn_trials=2\n"
-     "[model]\nname='lenet5'\n[data]\nname='mnist-mini'\n[[strategy]]\nname='uniform'\n",
+    (("[study]\nname='x'\nobjectives=['bitops']\nn_trials=2\n"
+     "[model]\nname='lenet5'\n[data]\nname='mnist-mini'\n[[strategy]]\nname='uniform'\n"),
      "must include \"accuracy\""),
-    ("[study]\nname='x'\nobjectives=['accuracy','bitops']\nn_trials=2\nsampler='cmaes'\n"
-     "[model]\nname='lenet5'\n[data]\nname='mnist-mini'\n[[strategy]]\nname='uniform'\n",
+    (("[study]\nname='x'\nobjectives=['accuracy','bitops']\nn_trials=2\nsampler='cmaes'\n"
+     "[model]\nname='lenet5'\n[data]\nname='mnist-mini'\n[[strategy]]\nname='uniform'\n"),
      "sampler must be one of tpe, nsga2, nsga3, random, gp"),
-    ("[study]\nname='x'\nobjectives=['accuracy','bitops']\nn_trials=2\n"
-     "[model]\nname='lenet6'\n[data]\nname='mnist-mini'\n[[strategy]]\nname='uniform'\n",
+    (("[study]\nname='x'\nobjectives=['accuracy','bitops']\nn_trials=2\n"
+     "[model]\nname='lenet6'\n[data]\nname='mnist-mini'\n[[strategy]]\nname='uniform'\n"),
      "unknown model 'lenet6'"),
-    ("[study]\nname='x'\nobjectives=['accuracy','bitops']\nn_trials=2\n"
-     "[model]\nname='lenet5'\n[data]\nname='mnist-mini'\n[[strategy]]\nname='bitprunning'\n",
+    (("[study]\nname='x'\nobjectives=['accuracy','bitops']\nn_trials=2\n"
+     "[model]\nname='lenet5'\n[data]\nname='mnist-mini'\n[[strategy]]\nname='bitprunning'\n"),
      "unknown strategy 'bitprunning'"),
-    ("[study]\nname='x'\nobjectives=['accuracy','bitops']\nn_trials=2\n"
+    (("[study]\nname='x'\nobjectives=['accuracy','bitops']\nn_trials=2\n"
      "[model]\nname='lenet5'\n[data]\nname='mnist-mini'\nvalidation_fraction=1.5\n"
-     "[[strategy]]\nname='uniform'\n", "validation_fraction must lie strictly between 0 and 1"),
-    ("[study]\nname='x'\nobjectives=['accuracy','bitops']\nn_trials=2\n"
+     "[[strategy]]\nname='uniform'\n"), "validation_fraction must lie strictly between 0 and 1"),
+    (("[study]\nname='x'\nobjectives=['accuracy','bitops']\nn_trials=2\n"
      "[model]\nname='lenet5'\n[data]\nname='mnist-mini'\n[[strategy]]\nname='uniform'\n"
-     "space.colour=[1,2]\n", "unknown parameter(s) colour"),
-    ("[study]\nname='x'\nobjectives=['accuracy','bitops']\nn_trials=2\n"
+     "space.colour=[1,2]\n"), "unknown parameter(s) colour"),
+    (("[study]\nname='x'\nobjectives=['accuracy','bitops']\nn_trials=2\n"
      "[model]\nname='lenet5'\n[data]\nname='mnist-mini'\n[[strategy]]\nname='uniform'\n"
-     "space.bits={low=8, high=2}\n", "low (8) must be below high (2)"),
-    ("[study]\nname='x'\nobjectives=['accuracy','bitops']\nn_trials=2\n"
+     "space.bits={low=8, high=2}\n"), "low (8) must be below high (2)"),
+    (("[study]\nname='x'\nobjectives=['accuracy','bitops']\nn_trials=2\n"
      "[model]\nname='lenet5'\n[data]\nname='mnist-mini'\n[[strategy]]\nname='uniform'\n"
-     "[training]\ndevice='tpu'\n", "[training] device must be one of auto, cpu, cuda"),
-    ("[study]\nname='x'\nobjectives=['accuracy','bitops']\nn_trials=2\n"
+     "[training]\ndevice='tpu'\n"), "[training] device must be one of auto, cpu, cuda"),
+    (("[study]\nname='x'\nobjectives=['accuracy','bitops']\nn_trials=2\n"
      "[model]\nname='lenet5'\n[data]\nname='mnist-mini'\n[[strategy]]\nname='uniform'\n"
-     "[backend]\nname='stripes'\n", "unknown backend 'stripes'"),
-    ("[study]\nname='x'\nobjectives=['accuracy','bitops']\nn_trials=2\n[model]\nname='lenet5'\n"
-     "[data]\nname='mnist-mini'\n", "is missing strategy"),
-    ("[study]\nname='x'\nobjectives=['accuracy','bitops']\nn_trials=2\n"
+     "[backend]\nname='strypes'\n"), "unknown backend 'strypes'"),
+    (("[study]\nname='x'\nobjectives=['accuracy','bitops']\nn_trials=2\n[model]\nname='lenet5'\n"
+     "[data]\nname='mnist-mini'\n"), "is missing strategy"),
+    (("[study]\nname='x'\nobjectives=['accuracy','bitops']\nn_trials=2\n"
      "[model]\nname='lenet5'\n[data]\nname='mnist-mini'\n[[strategy]]\nname='uniform'\n"
-     "space.bits=[2,4]\nenqueue=[{bits=3}]\n", "enqueue[0].bits: 3 is not one of the choices [2, 4]"),
-    ("[study]\nname='x'\nobjectives=['accuracy','bitops']\nn_trials=2\n"
+     "space.bits=[2,4]\nenqueue=[{bits=3}]\n"), "enqueue[0].bits: 3 is not one of the choices [2, 4]"),
+    (("[study]\nname='x'\nobjectives=['accuracy','bitops']\nn_trials=2\n"
      "[model]\nname='lenet5'\n[data]\nname='mnist-mini'\n[[strategy]]\nname='uniform'\n"
-     "enqueue=[{quantizer='minmax'}]\n", "fixed at 'dorefa-pact' in this space"),
-    ("[study]\nname='x'\nobjectives=['accuracy','bitops']\nn_trials=2\n"
+     "enqueue=[{quantizer='minmax'}]\n"), "fixed at 'dorefa-pact' in this space"),
+    (("[study]\nname='x'\nobjectives=['accuracy','bitops']\nn_trials=2\n"
      "[model]\nname='lenet5'\n[data]\nname='mnist-mini'\n[[strategy]]\nname='uniform'\n"
-     "enqueue=[{bitz=4}]\n", "enqueue[0].bitz: not a hyperparameter of strategy 'uniform'"),
-    ("[study]\nname='x'\nobjectives=['accuracy','bitops']\nn_trials=2\n"
+     "enqueue=[{bitz=4}]\n"), "enqueue[0].bitz: not a hyperparameter of strategy 'uniform'"),
+    (("[study]\nname='x'\nobjectives=['accuracy','bitops']\nn_trials=2\n"
      "[model]\nname='lenet5'\n[data]\nname='mnist-mini'\n[[strategy]]\nname='bitpruning'\n"
-     "enqueue=[{gamma=50.0}]\n", "enqueue[0].gamma: 50.0 is outside the range 0.05-5.0"),
-    ("[study]\nname='x'\nobjectives=['accuracy','bitops']\nn_trials=2\n"
+     "enqueue=[{gamma=50.0}]\n"), "enqueue[0].gamma: 50.0 is outside the range 0.05-5.0"),
+    (("[study]\nname='x'\nobjectives=['accuracy','bitops']\nn_trials=2\n"
      "[model]\nname='lenet5'\n[data]\nname='mnist-mini'\n[[strategy]]\nname='uniform'\n"
-     "enqueue={bits=4}\n", "enqueue: give a list of tables"),
+     "enqueue={bits=4}\n"), "enqueue: give a list of tables"),
 ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 import tomllib
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import click
 
 from mpsearch.errors import MpsearchError
+from mpsearch.heartbeat import DEFAULT_GRACE, DEFAULT_INTERVAL
 from mpsearch.spec import EXECUTORS, SpecError, load_spec
 from mpsearch.storage import DEFAULT_STORAGE
 
@@ -21,6 +23,13 @@ def study() -> None:
 
 
 def _run_options(fn):
+    fn = click.option("--grace", type=click.FloatRange(0, min_open=True), default=DEFAULT_GRACE,
+                      show_default=True, metavar="SECONDS",
+                      help="A RUNNING trial whose heartbeat is older than this has lost its "
+                           "driver: it is failed and re-queued.")(fn)
+    fn = click.option("--heartbeat", type=click.FloatRange(0, min_open=True),
+                      default=DEFAULT_INTERVAL, show_default=True, metavar="SECONDS",
+                      help="Seconds between this driver's heartbeats for the trials it runs.")(fn)
     fn = click.option("--quiet", is_flag=True, help="No live progress display.")(fn)
     fn = click.option("--address", default=None, metavar="HOST:PORT",
                       help="Run on an existing Ray cluster ('auto' to find a local one).")(fn)
@@ -39,7 +48,8 @@ def _run_options(fn):
 @_run_options
 @click.pass_obj
 def create(state, spec_file: str, storage: str | None, no_run: bool, n_trials: int | None,
-           executor: str | None, address: str | None, quiet: bool) -> None:
+           executor: str | None, address: str | None, quiet: bool, heartbeat: float,
+           grace: float) -> None:
     """Create the study a TOML SPEC describes, then run it and print its Pareto front."""
     from mpsearch.host import PluginHost
     from mpsearch.study import create_study
@@ -52,11 +62,13 @@ def create(state, spec_file: str, storage: str | None, no_run: bool, n_trials: i
 
         spec = replace(spec, plugins=tuple(dict.fromkeys(extra)))
     url = storage or spec.study.storage or DEFAULT_STORAGE
+    if not no_run:
+        _check_data(spec, host, address)  # before anything is written
     created = create_study(spec, url, host)
     click.echo(f"created study {spec.name!r} in {url} "
                f"({spec.study.n_trials} trials of {', '.join(s.name for s in spec.strategies)})")
     if not no_run:
-        _run(host, created.study_name, url, n_trials, executor, address, quiet)
+        _run(host, created.study_name, url, n_trials, executor, address, quiet, heartbeat, grace)
 
 
 @study.command()
@@ -65,7 +77,7 @@ def create(state, spec_file: str, storage: str | None, no_run: bool, n_trials: i
 @_run_options
 @click.pass_obj
 def run(state, name: str, storage: str, n_trials: int | None, executor: str | None,
-        address: str | None, quiet: bool) -> None:
+        address: str | None, quiet: bool, heartbeat: float, grace: float) -> None:
     """Continue study NAME: more trials, or the rest after an interruption."""
     from mpsearch.host import PluginHost
     from mpsearch.storage import load_study
@@ -73,23 +85,44 @@ def run(state, name: str, storage: str, n_trials: int | None, executor: str | No
     found = load_study(storage, name)
     plugins = tuple(found.user_attrs.get("mpsearch_spec", {}).get("plugins", ()))
     host = PluginHost(tuple(state.plugins) + plugins)
-    _run(host, name, storage, n_trials, executor, address, quiet)
+    from mpsearch.study import stored_spec
+
+    _check_data(stored_spec(found, host), host, address)
+    _run(host, name, storage, n_trials, executor, address, quiet, heartbeat, grace)
 
 
-def _run(host, name: str, url: str, n_trials, executor, address, quiet: bool) -> None:
+def _run(host, name: str, url: str, n_trials, executor, address, quiet: bool, heartbeat: float,
+         grace: float) -> None:
     from mpsearch.study import run_study
 
     try:
         result = run_study(name, url, host, n_trials=n_trials, executor=executor, address=address,
-                           progress=not quiet)
+                           progress=not quiet, heartbeat=heartbeat, grace=grace)
     except KeyboardInterrupt:
-        click.echo(f"\ninterrupted; 'mpsearch study run {name} --storage {url}' continues the study "
-                   f"(trials in progress are re-queued).", err=True)
+        # the same plugins and executor as this run, so the command runs as given
+        plugins = [a for p in click.get_current_context().obj.plugins for a in ("--plugin", p)]
+        command = shlex.join(["mpsearch", *plugins, "study", "run", name, "--storage", url]
+                             + (["--executor", executor] if executor else []))
+        click.echo(("\n" if sys.stderr.isatty() else "")  # ends a live progress line
+                   + f"interrupted (completed trials are kept, trials in progress are re-queued); "
+                   f"continue the study with: {command}", err=True)
         sys.exit(130)
     from mpsearch.cli.study_report import print_front
 
     click.echo("")
     print_front(result)
+
+
+def _check_data(spec, host, address: str | None) -> None:
+    """Refuse a dataset that is not where the spec says, when trials will run on this machine.
+
+    On an existing cluster (``--address``) the workers may see other files than
+    this driver, so a missing dataset fails each trial there instead (with the message).
+    """
+    if address is None:
+        from mpsearch.data import check_data
+
+        check_data(spec, host)
 
 
 def _spec_plugins(path: Path) -> tuple[str, ...]:
@@ -113,4 +146,4 @@ def _add_report_commands() -> None:
 
 _add_report_commands()
 
-__all__ = ["study", "MpsearchError"]
+__all__ = ["MpsearchError", "study"]
