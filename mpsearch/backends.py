@@ -232,6 +232,39 @@ class AnalyticBackend(Backend):
         return totals
 
 
+class WidestOperandBackend(AnalyticBackend):
+    """A datapath that runs a layer in one format wide enough for both operands.
+
+    ``e = max(w_max, a_max)``; ``time = MACs x e / baseline_bits`` (the throughput
+    ratios of such machines are linear in the width), pruned weights are work
+    removed. Memory: weights and inputs at their widths against ``baseline_bits``.
+    Energy: :func:`mixed_mac_pj` at ``e`` with the baseline's float multiply, then
+    :func:`energy_pj`. Subclasses set the widths, ``baseline_bits`` and
+    ``float_multiply_pj``.
+    """
+
+    baseline_bits: int = 16
+    float_multiply_pj: float = FP16_MULT_PJ
+
+    def layer_model(self, layer, widths):
+        base = self.baseline_bits
+        e = torch.maximum(widths.weight_max, widths.input_max)
+        macs = layer.macs * widths.weight_live
+        multiply, accumulate = mixed_mac_pj(e, base, self.float_multiply_pj, FP32_ADD_PJ)
+        base_multiply, base_accumulate = mixed_mac_pj(base, base, self.float_multiply_pj, FP32_ADD_PJ)
+        return {
+            "time": macs * e / base,
+            "baseline_time": layer.macs,
+            "memory_bits": widths.weight_total + widths.input_total,
+            "baseline_memory_bits": base * (layer.weight_numel + layer.input_numel),
+            "energy_pj": energy_pj(macs * multiply, macs, widths.weight_total, widths.input_total,
+                                   accumulate_pj=accumulate),
+            "baseline_energy_pj": energy_pj(layer.macs * base_multiply, layer.macs,
+                                            base * layer.weight_numel, base * layer.input_numel,
+                                            accumulate_pj=base_accumulate),
+        }
+
+
 def _round_up(bits: Bits, widths: Sequence[int], group: str, backend: str) -> Bits:
     table = sorted(int(w) for w in widths)
     if isinstance(bits, int):

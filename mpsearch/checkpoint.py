@@ -218,32 +218,28 @@ class TrialCheckpointer:
                    optimizers: Sequence[torch.optim.Optimizer], schedule: Any,
                    generator: torch.Generator, context_state: Mapping[str, Any]) -> None:
         """Write ``last.pt`` after epoch ``epoch`` of call ``call`` (unless state is unsafe)."""
-        if self.folder is None:
-            return
-        tracked = self._tracked_state()
-        if tracked is None:
-            self.skipped += 1
-            return
-        payload = {"format": FORMAT, "identity": self.identity, "call": call, "epoch": epoch,
-                   "model": _cpu(model.state_dict()),
-                   "optimizers": [_cpu(o.state_dict()) for o in optimizers],
-                   "schedule": None if schedule is None else schedule.state_dict(),
-                   "tracked": tracked, "rng": _rng_state(generator), **context_state}
-        _save(payload, self.folder / LAST)
-        self.saved += 1
+        if self._write(LAST, model, generator, identity=self.identity, call=call, epoch=epoch,
+                       optimizers=[_cpu(o.state_dict()) for o in optimizers],
+                       schedule=None if schedule is None else schedule.state_dict(),
+                       **context_state):
+            self.saved += 1
 
     def call_done(self, call: int, model: nn.Module, generator: torch.Generator,
                   metrics: Mapping[str, float], context_state: Mapping[str, Any]) -> None:
         """Write ``fit-<call>.pt``: the end state of a call, for later fast-forwarding."""
+        self._write(f"fit-{call:04d}.pt", model, generator, metrics=dict(metrics), **context_state)
+
+    def _write(self, name: str, model: nn.Module, generator: torch.Generator, **fields: Any) -> bool:
+        """Save the model, tracked state and random state with ``fields``; False if none was written."""
         if self.folder is None:
-            return
+            return False
         tracked = self._tracked_state()
         if tracked is None:
             self.skipped += 1
-            return
+            return False
         _save({"format": FORMAT, "model": _cpu(model.state_dict()), "tracked": tracked,
-               "rng": _rng_state(generator), "metrics": dict(metrics), **context_state},
-              self.folder / f"fit-{call:04d}.pt")
+               "rng": _rng_state(generator), **fields}, self.folder / name)
+        return True
 
     def remove(self) -> None:
         """Delete the checkpoints (the trial has ended; they served only to resume it)."""

@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import torch
-
-from mpsearch.backends import (
-    FP32_ADD_PJ,
-    FP32_MULT_PJ,
-    AnalyticBackend,
-    energy_pj,
-    mixed_mac_pj,
-)
+from mpsearch.backends import FP32_MULT_PJ, WidestOperandBackend
 from mpsearch.hookspecs import hookimpl
 
 WIDTHS = (8, 32)
 BASELINE_BITS = 32  # fp32
 
 
-class CpuInt8Backend(AnalyticBackend):
+class CpuInt8Backend(WidestOperandBackend):
     """A CPU with int8 dot-product instructions: a layer runs in int8 when both operands fit, else fp32.
 
     Source of the first-order factor: Intel, "Introduction to Intel Deep
@@ -47,24 +39,8 @@ class CpuInt8Backend(AnalyticBackend):
     weight_bits = WIDTHS
     activation_bits = WIDTHS
     description = "CPU int8 (AVX-512 VNNI / Arm SDOT) or fp32; time ~ max(w, a)/32 (4x int8) vs fp32"
-
-    def layer_model(self, layer, widths):
-        base = BASELINE_BITS
-        e = torch.maximum(widths.weight_max, widths.input_max)
-        macs = layer.macs * widths.weight_live
-        multiply, accumulate = mixed_mac_pj(e, base, FP32_MULT_PJ, FP32_ADD_PJ)
-        base_multiply, base_accumulate = mixed_mac_pj(base, base, FP32_MULT_PJ, FP32_ADD_PJ)
-        return {
-            "time": macs * e / base,
-            "baseline_time": layer.macs,
-            "memory_bits": widths.weight_total + widths.input_total,
-            "baseline_memory_bits": base * (layer.weight_numel + layer.input_numel),
-            "energy_pj": energy_pj(macs * multiply, macs, widths.weight_total, widths.input_total,
-                                   accumulate_pj=accumulate),
-            "baseline_energy_pj": energy_pj(layer.macs * base_multiply, layer.macs,
-                                            base * layer.weight_numel, base * layer.input_numel,
-                                            accumulate_pj=base_accumulate),
-        }
+    baseline_bits = BASELINE_BITS
+    float_multiply_pj = FP32_MULT_PJ
 
 
 @hookimpl

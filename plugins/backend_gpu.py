@@ -2,15 +2,7 @@
 
 from __future__ import annotations
 
-import torch
-
-from mpsearch.backends import (
-    FP16_MULT_PJ,
-    FP32_ADD_PJ,
-    AnalyticBackend,
-    energy_pj,
-    mixed_mac_pj,
-)
+from mpsearch.backends import FP16_MULT_PJ, WidestOperandBackend
 from mpsearch.hookspecs import hookimpl
 
 WIDTHS = (4, 8, 16)
@@ -20,7 +12,7 @@ BASELINE_BITS = 16  # fp16
 PEAK_TOPS = {16: 312, 8: 624, 4: 1248}
 
 
-class GpuBackend(AnalyticBackend):
+class GpuBackend(WidestOperandBackend):
     """An NVIDIA A100's tensor cores: a layer runs at int4, int8 or fp16, whichever fits both operands.
 
     Source of the throughputs: NVIDIA, "NVIDIA A100 Tensor Core GPU
@@ -53,24 +45,8 @@ class GpuBackend(AnalyticBackend):
     activation_bits = WIDTHS
     description = ("NVIDIA A100 tensor cores: int4/int8/fp16; time ~ peak ratio at max(w, a) "
                    "(4x int4, 2x int8) vs fp16")
-
-    def layer_model(self, layer, widths):
-        base = BASELINE_BITS
-        e = torch.maximum(widths.weight_max, widths.input_max)
-        macs = layer.macs * widths.weight_live
-        multiply, accumulate = mixed_mac_pj(e, base, FP16_MULT_PJ, FP32_ADD_PJ)
-        base_multiply, base_accumulate = mixed_mac_pj(base, base, FP16_MULT_PJ, FP32_ADD_PJ)
-        return {
-            "time": macs * e / base,
-            "baseline_time": layer.macs,
-            "memory_bits": widths.weight_total + widths.input_total,
-            "baseline_memory_bits": base * (layer.weight_numel + layer.input_numel),
-            "energy_pj": energy_pj(macs * multiply, macs, widths.weight_total, widths.input_total,
-                                   accumulate_pj=accumulate),
-            "baseline_energy_pj": energy_pj(layer.macs * base_multiply, layer.macs,
-                                            base * layer.weight_numel, base * layer.input_numel,
-                                            accumulate_pj=base_accumulate),
-        }
+    baseline_bits = BASELINE_BITS
+    float_multiply_pj = FP16_MULT_PJ
 
 
 @hookimpl
