@@ -82,30 +82,10 @@ class RandomStrategy(Strategy):
     def check_space(cls, space: Mapping[str, Param], where: str) -> None:
         """Reject unknown names, non-positive budgets or epochs, and widths outside 1-32 or crossed."""
         super().check_space(space, where)
-        merged = {**cls.parameters, **space}
-        for name in ("budget", "candidate_epochs"):
-            for v in merged[name].values():
-                if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-                    raise SpecError(f"{where}.{name}: {v!r} must be a positive number.")
-        for v in merged["pretrain_share"].values():
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1:
-                raise SpecError(f"{where}.pretrain_share: {v!r} must lie strictly between 0 and 1.")
-        for name, highest in (("candidates", None), ("min_bits", MAX_BITS), ("max_bits", MAX_BITS)):
-            p = merged[name]
-            if p.low is not None and not p.integer:
-                raise SpecError(f"{where}.{name}: a range needs integer low and high.")
-            for v in p.values():
-                if (isinstance(v, bool) or not isinstance(v, int) or v < 1
-                        or (highest is not None and v > highest)):
-                    valid = f"1-{highest}" if highest else "of at least 1"
-                    raise SpecError(f"{where}.{name}: {v!r} must be an integer {valid}.")
-        if max(merged["min_bits"].values()) > min(merged["max_bits"].values()):
-            raise SpecError(f"{where}: min_bits can exceed max_bits; every min_bits must be at most "
-                            f"every max_bits.")
-        for v in merged["quantizer"].values():
-            if v not in QUANTIZER_FAMILIES:
-                raise SpecError(f"{where}.quantizer: {v!r} is not a quantizer family; use one "
-                                f"of {', '.join(QUANTIZER_FAMILIES)}.")
+        check_search_space({**cls.parameters, **space}, where,
+                           numbers={"budget": (lambda v: v > 0, "a positive number"),
+                                    "candidate_epochs": (lambda v: v > 0, "a positive number")},
+                           integers=(("candidates", 1, None),))
 
     def run(self, context, params: Mapping[str, Any]) -> StrategyResult:
         p = self.resolve(params)
@@ -190,6 +170,39 @@ def sample_under_budget(profile: ModelProfile, budget: float,
         if not lowerable:
             return Candidate(legal, value, False)
         bits[lowerable[int(torch.randint(len(lowerable), (1,), generator=generator))]] -= 1
+
+
+def check_search_space(merged: Mapping[str, Param], where: str, *,
+                       numbers: Mapping[str, tuple[Callable[[float], bool], str]],
+                       integers: tuple[tuple[str, int, int | None], ...]) -> None:
+    """The checks a search baseline's space shares (``random``, ``rl``): ``numbers`` and
+    ``integers`` of its own, then ``pretrain_share`` in (0, 1), ``min_bits`` and ``max_bits``
+    in 1-32 and not crossed, and a known quantizer family.
+
+    Raises:
+        SpecError: the first value that breaks a rule, named with its key.
+    """
+    rules = {**numbers, "pretrain_share": (lambda v: 0 < v < 1, "a number strictly between 0 and 1")}
+    for name, (ok, rule) in rules.items():
+        for v in merged[name].values():
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not ok(v):
+                raise SpecError(f"{where}.{name}: {v!r} must be {rule}.")
+    for name, lowest, highest in (*integers, ("min_bits", 1, MAX_BITS), ("max_bits", 1, MAX_BITS)):
+        p = merged[name]
+        if p.low is not None and not p.integer:
+            raise SpecError(f"{where}.{name}: a range needs integer low and high.")
+        for v in p.values():
+            if (isinstance(v, bool) or not isinstance(v, int) or v < lowest
+                    or (highest is not None and v > highest)):
+                valid = f"{lowest}-{highest}" if highest else f"of at least {lowest}"
+                raise SpecError(f"{where}.{name}: {v!r} must be an integer {valid}.")
+    if max(merged["min_bits"].values()) > min(merged["max_bits"].values()):
+        raise SpecError(f"{where}: min_bits can exceed max_bits; every min_bits must be at most "
+                        f"every max_bits.")
+    for v in merged["quantizer"].values():
+        if v not in QUANTIZER_FAMILIES:
+            raise SpecError(f"{where}.quantizer: {v!r} is not a quantizer family; use one "
+                            f"of {', '.join(QUANTIZER_FAMILIES)}.")
 
 
 @hookimpl

@@ -9,15 +9,15 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
-from mpsearch.plugins.strategy_random import BUDGET_SLACK, Candidate
+from mpsearch.plugins.strategy_random import BUDGET_SLACK, Candidate, check_search_space
 
-from mpsearch.assignment import MAX_BITS, PrecisionAssignment
+from mpsearch.assignment import PrecisionAssignment
 from mpsearch.ddpg import DDPG, DDPGConfig
 from mpsearch.errors import MpsearchError
 from mpsearch.hookspecs import hookimpl
 from mpsearch.profile import ModelProfile
-from mpsearch.quant import QUANTIZER_FAMILIES, quantize_at
-from mpsearch.spec import Param, SpecError
+from mpsearch.quant import quantize_at
+from mpsearch.spec import Param
 from mpsearch.strategy import Strategy, StrategyResult
 
 REWARD_SCALE = 0.1  # λ in HAQ's reward R = λ (acc_quant - acc_origin)
@@ -130,36 +130,13 @@ class RLStrategy(Strategy):
     def check_space(cls, space: Mapping[str, Param], where: str) -> None:
         """Reject unknown names, bad budgets, counts, noise and epochs, and crossed or invalid widths."""
         super().check_space(space, where)
-        merged = {**cls.parameters, **space}
-
-        def numbers(name: str, ok: Callable[[float], bool], rule: str) -> None:
-            for v in merged[name].values():
-                if isinstance(v, bool) or not isinstance(v, (int, float)) or not ok(v):
-                    raise SpecError(f"{where}.{name}: {v!r} must be {rule}.")
-
-        numbers("budget", lambda v: v > 0, "a positive number")
-        numbers("finetune_epochs", lambda v: v > 0, "a positive number")
-        numbers("noise", lambda v: v >= 0, "a number of at least 0")
-        numbers("noise_decay", lambda v: 0 < v <= 1, "a number in (0, 1]")
-        numbers("pretrain_share", lambda v: 0 < v < 1, "a number strictly between 0 and 1")
-        for name, lowest, highest in (("episodes", 1, None), ("warmup", 0, None),
-                                      ("finetune_images", 1, None), ("min_bits", 1, MAX_BITS),
-                                      ("max_bits", 1, MAX_BITS)):
-            p = merged[name]
-            if p.low is not None and not p.integer:
-                raise SpecError(f"{where}.{name}: a range needs integer low and high.")
-            for v in p.values():
-                if (isinstance(v, bool) or not isinstance(v, int) or v < lowest
-                        or (highest is not None and v > highest)):
-                    valid = f"{lowest}-{highest}" if highest else f"of at least {lowest}"
-                    raise SpecError(f"{where}.{name}: {v!r} must be an integer {valid}.")
-        if max(merged["min_bits"].values()) > min(merged["max_bits"].values()):
-            raise SpecError(f"{where}: min_bits can exceed max_bits; every min_bits must be at most "
-                            f"every max_bits.")
-        for v in merged["quantizer"].values():
-            if v not in QUANTIZER_FAMILIES:
-                raise SpecError(f"{where}.quantizer: {v!r} is not a quantizer family; use one "
-                                f"of {', '.join(QUANTIZER_FAMILIES)}.")
+        check_search_space(
+            {**cls.parameters, **space}, where,
+            numbers={"budget": (lambda v: v > 0, "a positive number"),
+                     "finetune_epochs": (lambda v: v > 0, "a positive number"),
+                     "noise": (lambda v: v >= 0, "a number of at least 0"),
+                     "noise_decay": (lambda v: 0 < v <= 1, "a number in (0, 1]")},
+            integers=(("episodes", 1, None), ("warmup", 0, None), ("finetune_images", 1, None)))
 
     def run(self, context, params: Mapping[str, Any]) -> StrategyResult:
         p = self.resolve(params)
