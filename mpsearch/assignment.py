@@ -144,6 +144,11 @@ class PrecisionAssignment(Mapping[str, Bits]):
 
     __hash__ = None  # type: ignore[assignment]
 
+    def same_widths(self, other: PrecisionAssignment) -> bool:
+        """Whether both give every group the same widths (scale storage and meta aside)."""
+        return (self._shapes == other._shapes
+                and all(_bits_equal(self._bits[g], other._bits[g]) for g in self._bits))
+
     def __repr__(self) -> str:
         return (f"PrecisionAssignment({len(self.layers)} layers, "
                 f"avg weight bits {self.average_weight_bits():.2f}, "

@@ -11,10 +11,10 @@
 from mpsearch.quant.bitwidth import BitWidth, FixedBits, LearnableBits, bit_parameters, project_bits
 from mpsearch.quant.functional import compile_mode, fake_quant, set_compile
 from mpsearch.quant.granularity import GRANULARITIES, bits_shape
-from mpsearch.quant.modules import (QUANTIZER_FAMILIES, QuantConv2d, QuantLinear, assignment_from_model, freeze_bits,
-                                    fractional_bits,
-                                    quantize_at,
-                                    quantize_model, quantized_layers, quantizers, restore_model)
+from mpsearch.quant.modules import (QUANTIZER_FAMILIES, QuantConv2d, QuantLinear, apply_assignment,
+                                    assignment_from_model, calibrate_model, freeze_bits, fractional_bits,
+                                    quantize_at, quantize_model, quantized_layers, quantizers,
+                                    restore_model)
 from mpsearch.quant.smol import NoiseBits, SmolPACTQuantizer, SmolWeightQuantizer
 from mpsearch.quant.quantizers import (DoReFaQuantizer, MinMaxQuantizer, PACTQuantizer, Quantizer,
                                        WidthQuantizer)
@@ -22,7 +22,7 @@ from mpsearch.quant.quantizers import (DoReFaQuantizer, MinMaxQuantizer, PACTQua
 __all__ = [
     "BitWidth", "FixedBits", "LearnableBits", "bit_parameters", "project_bits", "compile_mode", "fake_quant",
     "set_compile", "GRANULARITIES", "bits_shape", "QuantConv2d", "QuantLinear",
-    "QUANTIZER_FAMILIES", "assignment_from_model", "freeze_bits", "fractional_bits", "quantize_at", "quantize_model", "quantized_layers", "quantizers",
+    "QUANTIZER_FAMILIES", "apply_assignment", "assignment_from_model", "calibrate_model", "freeze_bits", "fractional_bits", "quantize_at", "quantize_model", "quantized_layers", "quantizers",
     "restore_model", "DoReFaQuantizer", "MinMaxQuantizer", "PACTQuantizer", "Quantizer",
     "WidthQuantizer", "NoiseBits", "SmolPACTQuantizer", "SmolWeightQuantizer",
 ]

@@ -485,6 +485,14 @@ class ALQWeightQuantizer(Quantizer):
         if self.alpha_state is not None:
             self.alpha_state.m.mul_(sign)
 
+    def set_bits(self, bits: Bits) -> None:
+        """Widen groups to the legal widths (one width per group: its weights share their bases)."""
+        per_weight = (torch.full(self.weight_shape, bits) if isinstance(bits, int)
+                      else torch.as_tensor(bits).expand(self.weight_shape))
+        widths = self.grouping.to_groups(per_weight)[:, 0].to(self.mask.device)
+        if not torch.equal(widths, self.group_widths()):
+            self.widen(widths)
+
     @torch.no_grad()
     def widen(self, widths: torch.Tensor) -> None:
         """Give every group ``widths[g] >= I_g`` bases; new ones start at ``alpha = 0``.

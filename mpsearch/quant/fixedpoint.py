@@ -297,5 +297,11 @@ class FixedPointQuantizer(Quantizer):
             return self.fmt.wl
         return (self.quantized != 0).to(torch.int64).cpu() * self.fmt.wl
 
+    def set_bits(self, bits: Bits) -> None:
+        """Widen the word length to the legal width; FL is kept, so stored weights stay representable."""
+        wl = bits if isinstance(bits, int) else int(torch.as_tensor(bits).max())
+        if wl > self.fmt.wl:
+            self.fmt = FixedPoint(wl, self.fmt.fl)
+
     def extra_repr(self) -> str:
         return f"format={self.fmt}, sparse={self.sparse}"

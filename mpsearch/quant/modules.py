@@ -154,6 +154,73 @@ def freeze_bits(model: nn.Module) -> None:
             q.bits = frozen[id(bits)]
 
 
+def apply_assignment(model: nn.Module, profile: ModelProfile, assignment: PrecisionAssignment) -> None:
+    """Freeze every quantizer of ``model`` at the widths of ``assignment`` (the host's legalisation).
+
+    Each quantizer's :meth:`~mpsearch.quant.Quantizer.set_bits` takes its group's
+    widths; learnable widths become fixed ones (shared ones stay shared when they
+    get equal widths).
+
+    Raises:
+        MpsearchError: a group without a quantizer is not at 32 bits (float), or a
+            quantizer cannot take its widths.
+    """
+    assignment.validate(profile)
+    qs = quantizers(model)
+    frozen: dict[tuple[int, bytes], BitWidth] = {}
+    for group in profile.group_shapes():
+        bits = assignment[group]
+        q = qs.get(group)
+        if q is None:
+            if not (isinstance(bits, int) and bits >= MAX_BITS):
+                raise MpsearchError(f"group {group!r} has no quantizer but the assignment gives it "
+                                    f"{bits if isinstance(bits, int) else 'per-element'} bits.")
+            continue
+        shared = getattr(q, "bits", None)
+        key = (id(shared), torch.as_tensor(bits).numpy().tobytes())
+        if isinstance(shared, BitWidth) and key in frozen:
+            q.bits = frozen[key]
+            continue
+        try:
+            q.set_bits(bits)
+        except (NotImplementedError, ValueError) as exc:
+            raise MpsearchError(f"group {group!r}: its quantizer cannot run at the legal widths "
+                                f"({exc}).") from None
+        if isinstance(shared, BitWidth) and isinstance(getattr(q, "bits", None), BitWidth):
+            frozen[key] = q.bits
+
+
+@torch.no_grad()
+def calibrate_model(model: nn.Module, batches) -> None:
+    """Calibrate every quantizer's ranges on ``batches`` of inputs (post-training quantization).
+
+    The model runs in evaluation mode (batch-norm statistics untouched); each
+    quantizer's input is collected over all batches and handed to its
+    :meth:`~mpsearch.quant.Quantizer.calibrate`. Weight quantizers see the weights.
+    """
+    was_training = model.training
+    model.eval()
+    seen: dict[str, list[torch.Tensor]] = {}
+    handles = []
+    for group, q in quantizers(model).items():
+        if group.endswith(":input"):
+            handles.append(q.register_forward_pre_hook(
+                lambda module, args, _g=group: seen.setdefault(_g, []).append(args[0].detach())))
+    try:
+        for x in batches:
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    layers = quantized_layers(model)
+    for group, q in quantizers(model).items():
+        if group in seen:
+            q.calibrate(torch.cat([t.flatten() for t in seen[group]]))
+        elif group.endswith(":weight"):
+            q.calibrate(layers[group.rsplit(":", 1)[0]].weight.detach())
+    model.train(was_training)
+
+
 QUANTIZER_FAMILIES = ("dorefa-pact", "minmax")
 
 

@@ -13,6 +13,7 @@ widths (fixed) or fractional ones (learnable, interpolated).
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 
 import torch
@@ -45,6 +46,28 @@ class Quantizer(nn.Module, ABC):
         """
         return torch.as_tensor(self.integer_bits(), dtype=torch.float32)
 
+    def set_bits(self, bits: Bits) -> None:
+        """Run at these integer widths from now on, frozen (the host's legalisation).
+
+        ``bits`` are the backend's legal widths for this tensor, never below
+        :meth:`integer_bits`. A quantizer whose widths are not a :class:`BitWidth`
+        (fixed point, binary bases) overrides this to widen its own format.
+
+        Raises:
+            NotImplementedError: the quantizer cannot change its widths, and ``bits``
+                differ from its own.
+        """
+        if torch.equal(torch.as_tensor(bits), torch.as_tensor(self.integer_bits())):
+            return
+        raise NotImplementedError(f"{type(self).__name__} cannot change its widths to {bits!r}")
+
+    def calibrate(self, x: torch.Tensor) -> None:
+        """Set ranges from a calibration sample of the tensor (post-training quantization).
+
+        ``x`` holds inputs of several batches. Quantizers whose ranges are dynamic
+        (min-max) or come from the weights themselves need nothing: the default does nothing.
+        """
+
 
 class WidthQuantizer(Quantizer):
     """A quantizer whose widths come from a :class:`BitWidth` module."""
@@ -58,6 +81,9 @@ class WidthQuantizer(Quantizer):
 
     def widths(self) -> torch.Tensor:
         return self.bits()
+
+    def set_bits(self, bits: Bits) -> None:
+        self.bits = FixedBits(bits).to(self.bits().device)
 
     def _quantize(self, x, lo, scale, out_lo, out_scale, **kw) -> torch.Tensor:
         fixed = isinstance(self.bits, FixedBits)
@@ -156,6 +182,32 @@ class PACTQuantizer(WidthQuantizer):
                 self.calibrated.fill_(True)
             self._calibrated = True
         return self.alpha.abs().clamp_min(1e-4)
+
+    @torch.no_grad()
+    def calibrate(self, x: torch.Tensor) -> None:
+        """Set ``alpha`` to the clip that minimises the squared quantization error on ``x``.
+
+        Candidates are fractions of the largest magnitude (a grid of 40 from 5 % to
+        100 %), quantized at the current integer widths; at 8 bits this lands near
+        the maximum, at 2-4 bits well inside it, where clipping a few outliers buys
+        resolution for the rest.
+        """
+        x = x.detach().float().flatten()
+        if not x.numel():
+            return
+        top = float(x.abs().max().clamp_min(1e-3))
+        bits = torch.as_tensor(self.integer_bits(), dtype=torch.float32, device=x.device)
+        best, best_error = top, math.inf
+        for fraction in torch.linspace(0.05, 1.0, 40).tolist():
+            a = torch.tensor(top * fraction, device=x.device)
+            low = -a if self.two_sided else torch.zeros_like(a)
+            q = fake_quant(x, bits.max(), low, a - low, low, a - low, fractional=False)
+            error = float((q - x).square().mean())
+            if error < best_error:
+                best, best_error = top * fraction, error
+        self.alpha.copy_(torch.tensor(best))
+        self.calibrated.fill_(True)
+        self._calibrated = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = self.clip(x)
