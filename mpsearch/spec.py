@@ -148,7 +148,19 @@ class StudySection:
 
 @dataclass(frozen=True)
 class ModelSection:
+    """The network, and the trained float weights its trials start from (if any).
+
+    Attributes:
+        weights: a state dict saved with ``torch.save(model.state_dict(), path)``
+            (an absolute path once parsed; relative paths in a spec file are relative
+            to the spec's folder).
+        weights_sha256: the file's digest, stored when the study is created (a spec
+            may give it to pin the file); a changed file is refused.
+    """
+
     name: str
+    weights: str | None = None
+    weights_sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -163,8 +175,23 @@ class DataSection:
 
 @dataclass(frozen=True)
 class TrainingSection:
+    """Training of the study's float start and of every trial.
+
+    Attributes:
+        epochs: each trial's own budget (search plus fine-tuning) on top of the float
+            start; 0 is post-training quantization (calibration only).
+        pretrain_epochs: float training of the study's start, once per study, before
+            its first trial (from ``[model] weights`` if given, else the seeded init).
+        pretrain_lr, pretrain_optimizer: for that training (default: ``lr``, ``optimizer``).
+        calibration_images: training images that calibrate quantizer ranges when
+            nothing trains (``epochs = 0``, candidates scored without fine-tuning).
+    """
+
     epochs: int = 2
     pretrain_epochs: int = 0
+    pretrain_lr: float | None = None
+    pretrain_optimizer: str | None = None
+    calibration_images: int = 512
     batch_size: int = 128
     optimizer: str = "sgd"
     lr: float = 0.05
@@ -210,6 +237,11 @@ class StudySpec:
         return self.study.name
 
     @property
+    def has_float_start(self) -> bool:
+        """Whether trials start from a trained float model (weights given, or pretrained in the study)."""
+        return self.model.weights is not None or self.training.pretrain_epochs > 0
+
+    @property
     def cost_objectives(self) -> list[str]:
         return [o.name for o in self.study.objectives if o.name != ACCURACY]
 
@@ -230,9 +262,9 @@ class StudySpec:
         return {
             "version": SPEC_VERSION,
             "study": study,
-            "model": asdict(self.model),
+            "model": {k: v for k, v in asdict(self.model).items() if v is not None},
             "data": data,
-            "training": asdict(self.training),
+            "training": {k: v for k, v in asdict(self.training).items() if v is not None},
             "backend": {"name": self.backend},
             "strategy": [{"name": s.name, "space": {k: p.to_dict() for k, p in s.space.items()},
                           **({"enqueue": [dict(e) for e in s.enqueue]} if s.enqueue else {})}
@@ -263,11 +295,17 @@ def load_spec(path: str | Path, host=None) -> StudySpec:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise SpecError(f"{path}: not valid TOML: {exc}.") from exc
-    return parse_spec(raw, source=str(path), host=host)
+    return parse_spec(raw, source=str(path), host=host, base=path.parent)
 
 
-def parse_spec(raw: Mapping[str, Any], source: str = "spec", host=None) -> StudySpec:
-    """Validate a TOML-shaped mapping into a :class:`StudySpec` (see :func:`load_spec`)."""
+def parse_spec(raw: Mapping[str, Any], source: str = "spec", host=None,
+               base: Path | None = None) -> StudySpec:
+    """Validate a TOML-shaped mapping into a :class:`StudySpec` (see :func:`load_spec`).
+
+    Args:
+        base: the folder relative paths in the spec (``[model] weights``) are relative
+            to (the spec file's); None: the working directory.
+    """
     r = _Reader(source)
     r.keys(raw, "", {"version", "study", "model", "data", "training", "backend", "strategy",
                      "resources", "plugins"}, required={"study", "model", "data", "strategy"})
@@ -292,8 +330,18 @@ def parse_spec(raw: Mapping[str, Any], source: str = "spec", host=None) -> Study
         strategy_choice=r.choice(s, "study", "strategy_choice", STRATEGY_CHOICES, "sampler"))
 
     m = r.table(raw, "model")
-    r.keys(m, "model", {"name"}, required={"name"})
-    model = ModelSection(name=r.plugin(m, "model", "name", host, "models"))
+    r.keys(m, "model", {"name", "weights", "weights_sha256"}, required={"name"})
+    weights = r.string(m, "model", "weights", default=None)
+    if weights is not None:
+        weights = str((Path(base or ".") / Path(weights).expanduser()).resolve())
+    digest = r.string(m, "model", "weights_sha256", default=None)
+    if digest is not None and not re.fullmatch(r"[0-9a-f]{64}", digest):
+        raise SpecError(f"{source}: [model] weights_sha256 must be 64 lower-case hex digits, "
+                        f"not {digest!r}.")
+    if digest is not None and weights is None:
+        raise SpecError(f"{source}: [model] weights_sha256 is given without weights.")
+    model = ModelSection(name=r.plugin(m, "model", "name", host, "models"), weights=weights,
+                         weights_sha256=digest)
 
     d = r.table(raw, "data")
     r.keys(d, "data", {"name", "root", "validation_fraction", "train_subset", "augment", "options"},
@@ -320,9 +368,15 @@ def parse_spec(raw: Mapping[str, Any], source: str = "spec", host=None) -> Study
     defaults = TrainingSection()
     r.keys(t, "training", set(asdict(defaults)))
     training = TrainingSection(
-        epochs=r.integer(t, "training", "epochs", low=1, default=defaults.epochs),
+        epochs=r.integer(t, "training", "epochs", low=0, default=defaults.epochs),
         pretrain_epochs=r.integer(t, "training", "pretrain_epochs", low=0,
                                   default=defaults.pretrain_epochs),
+        pretrain_lr=(r.number(t, "training", "pretrain_lr", default=None, positive=True)
+                     if "pretrain_lr" in t else None),
+        pretrain_optimizer=(r.choice(t, "training", "pretrain_optimizer", OPTIMIZERS, None)
+                            if "pretrain_optimizer" in t else None),
+        calibration_images=r.integer(t, "training", "calibration_images", low=1,
+                                     default=defaults.calibration_images),
         batch_size=r.integer(t, "training", "batch_size", low=1, default=defaults.batch_size),
         optimizer=r.choice(t, "training", "optimizer", OPTIMIZERS, defaults.optimizer),
         lr=r.number(t, "training", "lr", default=defaults.lr, positive=True),
@@ -358,6 +412,12 @@ def parse_spec(raw: Mapping[str, Any], source: str = "spec", host=None) -> Study
             host.strategies.get(sname).check_space(space, f"{source}: {where}.space")
         enqueue = _enqueued_points(st.get("enqueue", []), space, host, sname, f"{source}: {where}")
         strategies.append(StrategySection(name=sname, space=space, enqueue=enqueue))
+    if training.epochs == 0 and host is not None:
+        for st in strategies:
+            if st.name in host.strategies and not host.strategies.get(st.name).post_training:
+                raise SpecError(f"{source}: [training] epochs = 0 is post-training quantization, which "
+                                f"strategy {st.name!r} cannot do (it learns by training); give epochs "
+                                f">= 1 or drop it.")
 
     res = raw.get("resources", {})
     r.is_table(res, "resources")

@@ -40,6 +40,7 @@ from mpsearch.driver import (  # noqa: F401 - ORPHAN, counted_count, finished_co
     reconcile,
 )
 from mpsearch.errors import MpsearchError
+from mpsearch.float_start import ensure_float_start
 from mpsearch.heartbeat import DEFAULT_GRACE, DEFAULT_INTERVAL
 from mpsearch.spec import ACCURACY, StudySpec, parse_spec
 from mpsearch.storage import (
@@ -221,6 +222,7 @@ def run_study(name: str, storage_url: str | None, host, *, n_trials: int | None 
     if n_trials is not None:
         driver.target = driver.count() + n_trials
     artefacts = study_dir(storage_url, name)
+    ensure_float_start(study, spec, host, artefacts, say)
     executor = executor or spec.resources.executor
     started, timings = time.time(), {}
     with driver:

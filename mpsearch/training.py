@@ -34,11 +34,28 @@ def make_optimizer(training: TrainingSection, groups: Sequence[dict[str, Any]] |
 
 
 def make_schedule(training: TrainingSection, optimizer: torch.optim.Optimizer,
-                  total_steps: int) -> torch.optim.lr_scheduler.LRScheduler | None:
-    """Cosine annealing to zero over ``total_steps`` steps, or nothing (constant)."""
+                  total_steps: int, offset: int = 0) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """Cosine annealing to zero over ``total_steps`` steps, or nothing (constant).
+
+    Args:
+        offset: steps of the same schedule already taken by an earlier optimizer (a
+            trial's search before its fine-tuning): the schedule starts there.
+    """
     if training.schedule == "constant" or total_steps <= 0:
         return None
-    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps))
+    if offset == 0:
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, _Cosine(total_steps, offset))
+
+
+class _Cosine:
+    """The cosine factor at step ``offset + s`` of ``total`` (a class, so a schedule's state saves)."""
+
+    def __init__(self, total: int, offset: int):
+        self.total, self.offset = max(1, int(total)), int(offset)
+
+    def __call__(self, step: int) -> float:
+        return 0.5 * (1.0 + math.cos(math.pi * min(self.offset + step, self.total) / self.total))
 
 
 def steps_per_epoch(data: ImageData, batch_size: int, max_batches: int | None = None) -> int:

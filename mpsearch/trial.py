@@ -30,7 +30,10 @@ from mpsearch.errors import MpsearchError
 from mpsearch.models import model_profile
 from mpsearch.objectives import Objective
 from mpsearch.profile import ModelProfile
+from mpsearch.float_start import FLOAT_START_FILE, load_weights
+from mpsearch.quant import apply_assignment, assignment_from_model
 from mpsearch.spec import StudySpec
+from mpsearch.strategy import START_FLOAT, START_INIT, START_SCRATCH
 from mpsearch.training import (
     TrialFailed,
     evaluate,
@@ -55,6 +58,8 @@ ATTR_UNITS = "units"
 ATTR_HISTORY = "history"
 ATTR_CHECKPOINTS = "checkpoints"
 ATTR_CHECKPOINT_WARNING = "checkpoint_warning"
+ATTR_START = "start"  # where the trial's model started: float-start, scratch or init
+ATTR_START_ACCURACY = "start_accuracy"  # validation accuracy of the float start (NaN without one)
 
 
 def trial_seed(study_seed: int, number: int) -> int:
@@ -118,15 +123,10 @@ def load_data(spec: StudySpec) -> tuple[ImageData, ImageData, ImageData]:
 
 @dataclass
 class TrialContext:
-    """Everything a strategy needs for one trial, and the helpers it trains with.
+    """What a strategy is given for one trial: see :class:`mpsearch.strategy.TrialContext`.
 
-    Attributes:
-        model: a fresh float model on ``device``, initialised from the trial's seed.
-        train / val: the training split and the held-out validation split, on ``device``.
-        epochs: the quantization-aware training budget of the trial (the spec's).
-        objectives: the study's cost objectives by name (accuracy excluded).
-        generator: the trial's random source for data order and augmentation.
-        augment: the train-time augmentation (the dataset's default unless the spec says).
+    The host's implementation of that protocol: the model, data, objectives and
+    backend of the trial, and the helpers strategies train with.
     """
 
     spec: StudySpec
@@ -140,12 +140,16 @@ class TrialContext:
     objectives: dict[str, Objective]
     backend: Backend
     generator: torch.Generator
-    make_model: Callable[[], nn.Module]
+    host: Any = None
+    start: str = START_INIT
+    float_accuracy: float = float("nan")
     augment: str | None = None
     reporter: Callable[[int, Mapping[str, float]], None] = lambda epoch, metrics: None
     history: list[dict[str, float]] = field(default_factory=list)
     epochs_trained: float = 0.0
     checkpoints: TrialCheckpointer | None = None
+    # optimizer steps taken on the trial's one schedule (search, then fine-tuning)
+    schedule_steps: int = 0
 
     @property
     def epochs(self) -> int:
@@ -155,9 +159,11 @@ class TrialContext:
     def training(self):
         return self.spec.training
 
-    def fresh_model(self) -> nn.Module:
-        """Another float model with the trial's initial weights, on the device."""
-        return self.make_model()
+    def objective(self, name: str) -> Objective:
+        """The study's cost objective ``name``, or any registered one bound to the study's backend."""
+        if name in self.objectives:
+            return self.objectives[name]
+        return self.host.objectives.get(name).for_backend(self.backend, self.spec.backend)
 
     def legalise(self, assignment: PrecisionAssignment) -> PrecisionAssignment:
         return self.backend.legalise(assignment)
@@ -167,11 +173,21 @@ class TrialContext:
         legal = self.legalise(assignment)
         return {n: o.evaluate(self.profile, legal, self.backend) for n, o in self.objectives.items()}
 
+    def calibrate(self, model: nn.Module) -> None:
+        """Calibrate the quantizers' ranges on ``calibration_images`` of the training split (in order)."""
+        from mpsearch.quant import calibrate_model
+
+        n = min(len(self.train), self.training.calibration_images)
+        batch = self.training.batch_size
+        calibrate_model(model, (x for i, (x, _) in enumerate(self.train.batches(batch))
+                                if i * batch < n))
+
     def fit(self, model: nn.Module, epochs: float, groups: list[dict[str, Any]] | None = None, *,
             lr: float | None = None, extra_loss: Callable[[], torch.Tensor] | None = None,
             after_step: Callable[[], None] | None = None, on_epoch: Callable[[int], dict] | None = None,
             data: ImageData | None = None, report: bool = True, phase: str = "train",
-            extra_optimizers: Sequence[torch.optim.Optimizer] = ()) -> dict[str, float]:
+            extra_optimizers: Sequence[torch.optim.Optimizer] = (),
+            trial_schedule: bool = False) -> dict[str, float]:
         """Train ``model`` for ``epochs`` (a fraction trains part of an epoch) with the spec's optimizer.
 
         Args:
@@ -182,6 +198,9 @@ class TrialContext:
                 the optimizer and its schedule go on, nothing is re-initialised.
             extra_optimizers: stepped alongside the spec's optimizer, unscheduled.
             report: send each epoch's metrics to the reporter (per-epoch history).
+            trial_schedule: follow the trial's one learning-rate schedule over its
+                ``epochs`` from where the previous such call left it (search and
+                fine-tuning share it), instead of a schedule of this call's own.
 
         Returns:
             The last epoch's metrics, with validation accuracy.
@@ -199,7 +218,12 @@ class TrialContext:
                                     if part > 1e-9 else [])
         optimizer = make_optimizer(self.training, groups or list(model.parameters()), lr)
         total = sum(steps_per_epoch(data, self.training.batch_size, b) for b in batches)
-        schedule = make_schedule(self.training, optimizer, total)
+        if trial_schedule:
+            trial_total = self.epochs * steps_per_epoch(self.train, self.training.batch_size)
+            schedule = make_schedule(self.training, optimizer, max(trial_total, self.schedule_steps + total),
+                                     offset=self.schedule_steps)
+        else:
+            schedule = make_schedule(self.training, optimizer, total)
         optimizers = [optimizer, *extra_optimizers]
         metrics: dict[str, float] = {}
         start = 0
@@ -215,8 +239,10 @@ class TrialContext:
                                   generator=self.generator, augment=self.augment, schedule=schedule,
                                   extra_loss=extra_loss, after_step=after_step, max_batches=max_batches,
                                   extra_optimizers=extra_optimizers)
-            self.epochs_trained += (steps_per_epoch(data, self.training.batch_size, max_batches)
-                                    / steps_per_epoch(self.train, self.training.batch_size))
+            steps = steps_per_epoch(data, self.training.batch_size, max_batches)
+            self.epochs_trained += steps / steps_per_epoch(self.train, self.training.batch_size)
+            if trial_schedule:
+                self.schedule_steps += steps
             metrics["val_accuracy"] = evaluate(model, self.val)
             if on_epoch is not None:
                 metrics.update(on_epoch(i) or {})
@@ -236,11 +262,13 @@ class TrialContext:
             self.checkpoints.track(name, obj)
 
     def _state(self) -> dict[str, Any]:
-        return {"history": list(self.history), "epochs_trained": self.epochs_trained}
+        return {"history": list(self.history), "epochs_trained": self.epochs_trained,
+                "schedule_steps": self.schedule_steps}
 
     def _restore(self, state: Mapping[str, Any]) -> None:
         self.history[:] = list(state["history"])
         self.epochs_trained = float(state["epochs_trained"])
+        self.schedule_steps = int(state.get("schedule_steps", 0))
         if self.checkpoints is not None:  # the trial's record starts from the restored history
             self.checkpoints.context_history = self.history
 
@@ -354,18 +382,85 @@ def _checkpointer(spec: StudySpec, number: int, strategy: str, params: Mapping[s
 def _run(spec: StudySpec, number: int, seed: int, strategy_name: str, params: Mapping[str, Any],
          host, report, artefacts: Path | None,
          checkpoints: TrialCheckpointer | None = None) -> TrialOutcome:
+    strategy = host.strategies.get(strategy_name)()
+    if spec.training.epochs == 0 and not strategy.post_training:
+        raise TrialFailed(f"strategy {strategy_name!r} cannot run post-training ([training] epochs = 0); "
+                          f"it learns by training.")
+    start = (START_SCRATCH if strategy.from_scratch else
+             START_FLOAT if spec.has_float_start else START_INIT)
+    context = make_context(spec, number, seed, host, start=start, artefacts=artefacts, reporter=report,
+                           checkpoints=checkpoints)
+    profile, backend, device = context.profile, context.backend, context.device
+
+    found = strategy.search(context, params)
+    legal = backend.legalise(found.assignment)
+    apply_assignment(found.model, profile, legal)
+    model = found.model
+    if spec.training.epochs == 0:
+        context.calibrate(model)  # post-training quantization: ranges from data, nothing trains
+    elif found.finetune_epochs > 1e-9:
+        strategy.finetune(context, model, legal, float(found.finetune_epochs), params)
+    final = assignment_from_model(model, profile)
+    if not final.same_widths(legal):
+        raise TrialFailed(f"strategy {strategy_name!r} changed the widths after they were legalised "
+                          f"and frozen; its fine-tuning must keep them.")
+    legal = final  # with the scale storage the model's quantizers really need
+    accuracy = evaluate(model, context.val)
+    test_accuracy = evaluate(model, load_data(spec)[2].to(device))
+    values = {"accuracy": accuracy}
+    values.update({n: o.evaluate(profile, legal, backend) for n, o in context.objectives.items()})
+    bad = [n for n, v in values.items() if not math.isfinite(v)]
+    if bad:
+        raise TrialFailed(f"objective(s) {', '.join(bad)} came out NaN or infinite.")
+    attrs = {ATTR_TEST_ACCURACY: test_accuracy,
+             ATTR_WEIGHT_BITS: legal.average_weight_bits(),
+             ATTR_ACT_BITS: legal.average_activation_bits(),
+             ATTR_EPOCHS: float(context.epochs_trained),
+             ATTR_START: start,
+             ATTR_START_ACCURACY: (None if math.isnan(context.float_accuracy)
+                                   else context.float_accuracy),
+             ATTR_UNITS: {n: o.unit for n, o in context.objectives.items()},
+             **found.attrs}
+    if artefacts is not None:
+        folder = Path(artefacts) / f"trial-{number:05d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        legal.replace(model=spec.model.name, strategy=strategy_name).save(folder / "assignment.json")
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, folder / "model.pt")
+        (folder / "params.json").write_text(json.dumps(dict(params), indent=1) + "\n")
+        attrs[ATTR_ARTEFACTS] = str(folder)
+    return TrialOutcome(values, attrs)
+
+
+def make_context(spec: StudySpec, number: int, seed: int, host, *, start: str = START_INIT,
+                 artefacts: Path | None = None,
+                 reporter: Callable[[int, Mapping[str, float]], None] | None = None,
+                 checkpoints: TrialCheckpointer | None = None) -> TrialContext:
+    """The context of trial ``number``: data on the device, its starting model, objectives, backend.
+
+    Args:
+        start: ``"float-start"`` loads the study's float start (``float-start.pt`` in
+            ``artefacts``, or else the spec's ``[model] weights``); ``"scratch"`` and
+            ``"init"`` build the seeded random initialisation.
+
+    Raises:
+        MpsearchError: the float start is needed but missing, or does not fit the model.
+    """
     device = pick_device(spec.training.device)
     from mpsearch.quant import set_compile
 
     set_compile(spec.training.compile)
     generator = seed_everything(seed)
-    train, val, test = load_data(spec)
+    train, val, _ = load_data(spec)
     train, val = train.to(device), val.to(device)
     model_spec = host.models.get(spec.model.name)
-
-    def make_model() -> nn.Module:
-        return model_spec.create(train.num_classes, train.input_shape, seed=seed).to(device)
-
+    model = model_spec.create(train.num_classes, train.input_shape, seed=seed)
+    float_accuracy = float("nan")
+    if start == START_FLOAT:
+        path = float_start_file(spec, artefacts)
+        model.load_state_dict(load_weights(path, model))
+    model = model.to(device)
+    if start == START_FLOAT:
+        float_accuracy = evaluate(model, val)
     profile = model_profile(model_spec, train.num_classes, train.input_shape)
     backend = host.backends.get(spec.backend)
     objectives = {n: host.objectives.get(n).for_backend(backend, spec.backend)
@@ -373,37 +468,23 @@ def _run(spec: StudySpec, number: int, seed: int, strategy_name: str, params: Ma
     augment = spec.data.augment
     if augment == "default":
         augment = host.datasets.get(spec.data.name).augment
-    context = TrialContext(spec=spec, number=number, seed=seed, device=device, model=make_model(),
-                           profile=profile, train=train, val=val, objectives=objectives,
-                           backend=backend, generator=generator, make_model=make_model,
-                           augment=None if augment in (None, "none") else augment, reporter=report,
-                           checkpoints=checkpoints)
-    strategy = host.strategies.get(strategy_name)()
-    result = strategy.run(context, params)
-    assignment = result.assignment
-    assignment.validate(profile)
-    if not backend.is_legal(assignment):
-        raise TrialFailed(f"strategy {strategy_name!r} returned an assignment that backend "
-                          f"{spec.backend!r} cannot run; strategies must legalise before fine-tuning.")
-    accuracy = evaluate(result.model, val)
-    test_accuracy = evaluate(result.model, test.to(device))
-    values = {"accuracy": accuracy}
-    values.update({n: o.evaluate(profile, assignment, backend) for n, o in objectives.items()})
-    bad = [n for n, v in values.items() if not math.isfinite(v)]
-    if bad:
-        raise TrialFailed(f"objective(s) {', '.join(bad)} came out NaN or infinite.")
-    attrs = {ATTR_TEST_ACCURACY: test_accuracy,
-             ATTR_WEIGHT_BITS: assignment.average_weight_bits(),
-             ATTR_ACT_BITS: assignment.average_activation_bits(),
-             ATTR_EPOCHS: float(result.epochs_trained),
-             ATTR_UNITS: {n: o.unit for n, o in objectives.items()},
-             **result.attrs}
-    if artefacts is not None:
-        folder = Path(artefacts) / f"trial-{number:05d}"
-        folder.mkdir(parents=True, exist_ok=True)
-        assignment.replace(model=spec.model.name, strategy=strategy_name).save(folder / "assignment.json")
-        torch.save({k: v.detach().cpu() for k, v in result.model.state_dict().items()},
-                   folder / "model.pt")
-        (folder / "params.json").write_text(json.dumps(dict(params), indent=1) + "\n")
-        attrs[ATTR_ARTEFACTS] = str(folder)
-    return TrialOutcome(values, attrs)
+    return TrialContext(spec=spec, number=number, seed=seed, device=device, model=model,
+                        profile=profile, train=train, val=val, objectives=objectives, backend=backend,
+                        generator=generator, host=host, start=start, float_accuracy=float_accuracy,
+                        augment=None if augment in (None, "none") else augment,
+                        reporter=reporter or (lambda epoch, metrics: None), checkpoints=checkpoints)
+
+
+def float_start_file(spec: StudySpec, artefacts: Path | None) -> Path:
+    """The file a trial's float start is read from: the study's ``float-start.pt``, else ``[model] weights``.
+
+    Raises:
+        MpsearchError: the study pretrains its start and it has not been trained yet.
+    """
+    if artefacts is not None and (Path(artefacts) / FLOAT_START_FILE).exists():
+        return Path(artefacts) / FLOAT_START_FILE
+    if spec.training.pretrain_epochs == 0 and spec.model.weights is not None:
+        return Path(spec.model.weights)
+    raise MpsearchError(f"study {spec.name!r}: its float start ({FLOAT_START_FILE} in the study's "
+                        f"artefacts) has not been trained; run the study with 'mpsearch study run', "
+                        f"which trains it once before the first trial.")

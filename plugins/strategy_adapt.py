@@ -34,7 +34,7 @@ from mpsearch.quant.fixedpoint import (
     truncated_normal_variance_scaling_,
 )
 from mpsearch.spec import Param, SpecError
-from mpsearch.strategy import Strategy, StrategyResult
+from mpsearch.strategy import SearchResult, Strategy
 from mpsearch.training import TrialFailed, make_schedule, steps_per_epoch
 
 ROUNDING_SALT = 0x41644150  # "AdAP": stochastic rounding draws differ from the trial's own
@@ -150,15 +150,17 @@ class AdaptStrategy(Strategy):
         - The optimizer is SGD (AdaPT-SGD) with the spec's learning rate, momentum
           (Nesterov) and schedule (the paper: reduce-on-plateau); the spec's
           ``optimizer`` and ``weight_decay`` are not used (``l2`` is the decay).
-        - With ``pretrain_epochs`` in the spec, AdaPT starts from the pretrained
-          float weights instead of TNVS.
-        - A backend that widens a layer's word length keeps its FL: the stored
-          weights are representable unchanged.
+        - AdaPT trains from scratch (``from_scratch``): its trials start from the
+          seeded initialisation, re-drawn by TNVS, never from the study's float start.
+        - A backend that widens a layer's word length keeps its FL (the host's
+          legalisation through the quantizer): the stored weights are
+          representable unchanged.
     """
 
     description = "AdaPT: per-layer fixed-point <WL, FL> switched by KL divergence and gradient diversity"
 
     label = "adapt"
+    from_scratch = True
     parameters: ClassVar[Mapping[str, Param]] = {
         "lookback": Param(low=25, high=100, integer=True),
         "resolution": Param(low=50, high=150, integer=True),
@@ -223,20 +225,18 @@ class AdaptStrategy(Strategy):
                                     f"[{name}_lower, {name}_upper] = [{low}, {high}].")
         return out
 
-    def run(self, context, params: Mapping[str, Any]) -> StrategyResult:
+    def search(self, context, params: Mapping[str, Any]) -> SearchResult:
+        """Train from TNVS-initialised weights for every epoch, switching formats as it goes."""
         p = self.resolve(params)
         model, profile, device = context.model, context.profile, context.device
         rounding = torch.Generator(device=device)
         rounding.manual_seed((context.seed * 1_000_003 + ROUNDING_SALT) % 2**63)
         modules = dict(model.named_modules())
-        if context.training.pretrain_epochs > 0:
-            context.fit(model, context.training.pretrain_epochs, phase="pretrain")
-        else:
-            for layer in profile:
-                module = modules[layer.name]
-                truncated_normal_variance_scaling_(module.weight, float(p["init_scale"]), rounding)
-                if module.bias is not None:
-                    torch.nn.init.zeros_(module.bias)
+        for layer in profile:
+            module = modules[layer.name]
+            truncated_normal_variance_scaling_(module.weight, float(p["init_scale"]), rounding)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
         start = FixedPoint(int(p["initial_wl"]), int(p["initial_fl"]))
         sparse = bool(p["sparse_assignment"])
         quantize_model(model, profile, lambda layer: FixedPointQuantizer(start, sparse), lambda layer: None)
@@ -250,26 +250,18 @@ class AdaptStrategy(Strategy):
         loop.train(context.epochs)
         for layer in layers.values():  # the stored copies are final; a generator would block copying
             layer.weight_quantizer.generator = None
-        legal = self._settle(context, layers, profile, sparse)
-        return StrategyResult(model, legal, context.epochs_trained, loop.attrs(legal))
+        assignment = self._assignment(layers, profile, sparse)
+        return SearchResult(model, assignment, 0.0, loop.attrs(context.legalise(assignment)))
 
     @staticmethod
-    def _settle(context, layers, profile, sparse: bool) -> PrecisionAssignment:
-        """The final assignment, legalised; a widened word length keeps the layer's FL."""
+    def _assignment(layers, profile, sparse: bool) -> PrecisionAssignment:
+        """The final widths: WL per layer (0 for stored zeros with ``sparse``); inputs float."""
         bits: dict[str, Any] = {}
         for layer in profile:
             q = layers[layer.name].weight_quantizer
             bits[layer.weight_group] = q.integer_bits() if sparse else q.fmt.wl
             bits[layer.input_group] = MAX_BITS
-        assignment = PrecisionAssignment(bits, profile.group_shapes(), meta={"strategy": "adapt"})
-        legal = context.legalise(assignment)
-        for layer in profile:
-            q = layers[layer.name].weight_quantizer
-            width = legal[layer.weight_group]
-            wl = width if isinstance(width, int) else int(width.max())
-            if wl > q.fmt.wl:
-                q.fmt = FixedPoint(wl, q.fmt.fl)
-        return legal
+        return PrecisionAssignment(bits, profile.group_shapes(), meta={"strategy": "adapt"})
 
 
 class _AdaptLoop:

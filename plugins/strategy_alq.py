@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -22,7 +23,7 @@ from mpsearch.quant.alq import (
     select_for_pruning,
 )
 from mpsearch.spec import Param, SpecError
-from mpsearch.strategy import Strategy, StrategyResult
+from mpsearch.strategy import SearchResult, Strategy
 from mpsearch.training import steps_per_epoch, train_epoch
 
 # The paper's LeNet-5 schedule in epochs (App. C.1): each round prunes for about one
@@ -168,9 +169,8 @@ class ALQStrategy(Strategy):
     Activations (``activation_bits`` > 0) are ``x_ref + D gamma`` (Eq. 24) with
     running-average ``x_ref`` and ``gamma``, one width for every layer's input.
 
-    The float model is trained first for ``pretrain_share`` of the trial's
-    ``epochs`` (or for the spec's ``pretrain_epochs``, outside the budget, when
-    set). The rest of the budget is split in mini-batch steps in the paper's
+    The trial starts from the study's float start (the paper quantizes
+    pretrained networks). The trial's ``epochs`` are split in mini-batch steps in the paper's
     LeNet-5 proportions: retraining after sketching 5 (bases) + 10 (coordinates),
     each round 1 (pruning) + 10 + 20, final 30; every pruning round gets at
     least one step, the others may get none on a tiny budget, and rounds are cut
@@ -192,7 +192,6 @@ class ALQStrategy(Strategy):
         structure: fixed ``"auto"``; or ``"pixel"``, ``"kernel"``, ``"channel"`` for
             every convolution (the paper's LeNet-5: ``"kernel"``).
         activation_bits: ``[0, 2, 4]``; 0 keeps activations float.
-        pretrain_share: fixed 0.5; the float model's share of ``epochs``.
         lr_bases: fixed 1e-3, the paper's (App. B.2).
         lr_coords: fixed 1e-3; the paper's 1e-4 is for 20-epoch phases (see below).
         alpha_l2: fixed 1e-4; L2 on the coordinates (not given in the paper).
@@ -219,7 +218,7 @@ class ALQStrategy(Strategy):
         - ``H = sqrt(v_hat) + 1e-8`` (AMSGrad's epsilon); momenta of the
           coordinates restart when the bases change, those of the weights run on.
         - Biases (not quantized) train with AMSGrad at the phase's rate (not
-          while pruning). The float pretraining uses the spec's optimizer and schedule.
+          while pruning).
         - The retraining after sketching (5 + 10 paper-epoch units) and its share
           are this implementation's choice ("several epochs" in App. B.3). The final
           phase optimises coordinates only, with the same 10x drop at its half
@@ -232,8 +231,9 @@ class ALQStrategy(Strategy):
           ``(x_ref, gamma)``, started by greedy residual sketching of the first
           training batch; ``x_ref`` may be negative (signed inputs). The first
           layer's input (the image) is quantized like the others.
-        - A backend that rounds widths up gets them before the final phase: new
-          bases start at ``alpha = 0`` along the weights' descent direction and
+        - The final phase is this strategy's fine-tuning: the host legalises the
+          widths before it, and a backend that rounds widths up gets them there:
+          new bases start at ``alpha = 0`` along the weights' descent direction and
           train in that phase.
     """
 
@@ -246,7 +246,6 @@ class ALQStrategy(Strategy):
         "i_max": Param(choices=(4, 6, 8)),
         "structure": Param(value="auto"),
         "activation_bits": Param(choices=(0, 2, 4)),
-        "pretrain_share": Param(value=0.5),
         "lr_bases": Param(value=1e-3),
         "lr_coords": Param(value=1e-3),
         "alpha_l2": Param(value=1e-4),
@@ -271,7 +270,7 @@ class ALQStrategy(Strategy):
             for v in merged[name].values():
                 if not number(v) or v < 0:
                     raise SpecError(f"{where}.{name}: {v!r} must be a number >= 0.")
-        for name, lo, hi in (("prune_ratio", 0, 1), ("pretrain_share", 0, 1)):
+        for name, lo, hi in (("prune_ratio", 0, 1),):
             for v in merged[name].values():
                 if not number(v) or not (lo <= v < hi) or (name == "prune_ratio" and v == 0):
                     raise SpecError(f"{where}.{name}: {v!r} must be a fraction in "
@@ -290,21 +289,14 @@ class ALQStrategy(Strategy):
             if v not in CONV_STRUCTURES:
                 raise SpecError(f"{where}.structure: {v!r} is not one of {', '.join(CONV_STRUCTURES)}.")
 
-    def run(self, context, params: Mapping[str, Any]) -> StrategyResult:
+    def search(self, context, params: Mapping[str, Any]) -> SearchResult:
+        """Sketch, then prune and optimise round by round; the final coordinates phase is the fine-tuning."""
         p = self.resolve(params)
         profile, model = context.profile, context.model
         per_epoch = steps_per_epoch(context.train, context.training.batch_size)
-        budget = context.epochs * per_epoch
-        pretrained: dict[str, float] = {}
-        if context.training.pretrain_epochs > 0:
-            pretrained = context.fit(model, context.training.pretrain_epochs, phase="pretrain")
-            pretrain_steps = 0
-        else:
-            pretrain_steps = min(round(float(p["pretrain_share"]) * budget), budget - 1)
-            if pretrain_steps > 0:
-                pretrained = context.fit(model, pretrain_steps / per_epoch, phase="pretrain")
-        float_accuracy = pretrained.get("val_accuracy")
-        if float_accuracy is None:
+        budget = max(1, round(context.epochs * per_epoch))
+        float_accuracy = context.float_accuracy
+        if math.isnan(float_accuracy):
             float_accuracy = context.evaluate(model)
 
         act_bits = _legal_activation_bits(context, profile, int(p["activation_bits"]))
@@ -320,13 +312,12 @@ class ALQStrategy(Strategy):
         sketch_accuracy = context.evaluate(model)
         start_bits = _total_bits(quantizers)
 
-        alq_steps = max(1, budget - pretrain_steps)
-        phases = plan_phases(alq_steps, int(p["rounds"]))
+        phases = plan_phases(budget, int(p["rounds"]))
         rounds = max(ph.round for ph in phases)
         numel = profile.weight_numel
         goals, ratio = bits_schedule(start_bits, float(p["target_bits"]) * numel, rounds,
                                      float(p["prune_ratio"]))
-        l2, top = float(p["alpha_l2"]), float(p["top_k"]) / 100
+        top = float(p["top_k"]) / 100
         costs = [q.group_size for q in quantizers]
         history: list[dict[str, Any]] = []
 
@@ -352,72 +343,85 @@ class ALQStrategy(Strategy):
             if phase.steps:
                 last_of_round[(phase.round, phase.kind == "final")] = i
         ends = set(last_of_round.values())
-        widened = False
-        for index, phase in enumerate(phases):
-            if phase.kind == "final":
-                _legalise_widths(context, model, profile, layers)
-                widened = True
-            if phase.steps == 0:
-                continue
-            mode = {"final": "coords"}.get(phase.kind, phase.kind)
-            lr = float(p["lr_bases"] if mode == "bases" else p["lr_coords"])
-            pruner = pruner_for(goals[phase.round - 1], phase.steps) if mode == "prune" else None
-            stepper = _ALQSteps(mode, quantizers, others, lr, phase.steps, l2, pruner)
-            left = phase.steps
-            while left > 0:
-                n = min(left, per_epoch)
-                metrics = train_epoch(model, context.train, stepper, batch_size=context.training.batch_size,
-                                      generator=context.generator, augment=context.augment, max_batches=n)
-                context.epochs_trained += n / per_epoch
-                left -= n
-                if left == 0 and index in ends:
-                    metrics["val_accuracy"] = context.evaluate(model)
-                metrics.update(round=phase.round, steps=n,
-                               average_weight_bits=_total_bits(quantizers) / numel)
-                context.report(phase=f"alq-{phase.kind}", **metrics)
-            history.append({"phase": phase.kind, "round": phase.round, "steps": phase.steps,
-                            "average_weight_bits": _total_bits(quantizers) / numel,
-                            **({"val_accuracy": metrics["val_accuracy"]} if "val_accuracy" in metrics else {})})
+        final = phases[-1]
+        for index, phase in enumerate(phases[:-1]):
+            if phase.steps:
+                self._run_phase(context, p, phase, quantizers, others, numel, index in ends,
+                                pruner_for(goals[phase.round - 1], phase.steps)
+                                if phase.kind == "prune" else None, history)
+        self._final = (p, final, quantizers, others, numel, layers, history)
+        self._attrs: dict[str, Any] = {
+            "rounds": rounds,
+            "rounds_requested": int(p["rounds"]),
+            "prune_ratio_used": ratio,
+            "activation_bits": act_bits or FLOAT_BITS,
+            "val_accuracy_float": float_accuracy,
+            "val_accuracy_sketch": sketch_accuracy,
+            "sketch_weight_bits": start_bits / numel,
+            "alq_steps": budget,
+            "schedule": history,
+        }
+        if not final.steps:
+            self._finish(context)
+        return SearchResult(model, assignment_from_model(model, profile), final.steps / per_epoch,
+                            self._attrs)
+
+    def finetune(self, context, model: nn.Module, assignment: PrecisionAssignment, epochs: float,
+                 params: Mapping[str, Any]) -> None:
+        """The final phase: coordinates only, at the legal widths (a widened group's new bases
+        start at ``alpha = 0``)."""
+        p, final, quantizers, others, numel, _, history = self._final
+        self._run_phase(context, p, final, quantizers, others, numel, True, None, history)
+        self._finish(context)
+
+    @staticmethod
+    def _run_phase(context, p: Mapping[str, Any], phase, quantizers, others, numel: int,
+                   evaluate: bool, pruner, history: list[dict[str, Any]]) -> None:
+        """Train one phase of the schedule, reporting each epoch's share of it."""
+        per_epoch = steps_per_epoch(context.train, context.training.batch_size)
+        mode = {"final": "coords"}.get(phase.kind, phase.kind)
+        lr = float(p["lr_bases"] if mode == "bases" else p["lr_coords"])
+        stepper = _ALQSteps(mode, quantizers, others, lr, phase.steps, float(p["alpha_l2"]), pruner)
+        left = phase.steps
+        metrics: dict[str, Any] = {}
+        while left > 0:
+            n = min(left, per_epoch)
+            metrics = train_epoch(context.model, context.train, stepper,
+                                  batch_size=context.training.batch_size, generator=context.generator,
+                                  augment=context.augment, max_batches=n)
+            context.epochs_trained += n / per_epoch
+            left -= n
+            if left == 0 and evaluate:
+                metrics["val_accuracy"] = context.evaluate(context.model)
+            metrics.update(round=phase.round, steps=n, average_weight_bits=_total_bits(quantizers) / numel)
+            context.report(phase=f"alq-{phase.kind}", **metrics)
+        history.append({"phase": phase.kind, "round": phase.round, "steps": phase.steps,
+                        "average_weight_bits": _total_bits(quantizers) / numel,
+                        **({"val_accuracy": metrics["val_accuracy"]} if "val_accuracy" in metrics else {})})
+
+    def _finish(self, context) -> None:
+        """Stop training the coordinates and write the deployed weights into the layers; record storage."""
+        _, _, quantizers, _, numel, layers, _ = self._final
         for q in quantizers:
             q.capture = False
             q.alpha.requires_grad_(False)
-        if not widened:
-            _legalise_widths(context, model, profile, layers)
-        assignment = assignment_from_model(model, profile)
-        legal = context.legalise(assignment)
-        if legal != assignment:
-            raise MpsearchError("strategy 'alq': the backend's legalisation changed the widths after "
-                                "they were fixed; this is a bug.")
         with torch.no_grad():
-            modules = dict(model.named_modules())
+            modules = dict(context.model.named_modules())
             for name, q in layers.items():
                 modules[name].weight.copy_(q(modules[name].weight))  # the deployed weights, for readers
-
         storage = sum(q.storage_bits() for q in quantizers)
         float_bits = FLOAT_BITS * numel
-        attrs: dict[str, Any] = {
-            "average_weight_bits": assignment.average_weight_bits(),
+        self._attrs.update({
             "average_bits_per_group": float(sum(int(q.group_widths().sum()) for q in quantizers)
                                             / sum(q.group_widths().numel() for q in quantizers)),
             "storage_kb": storage / 8 / 1000,
             "float_storage_kb": float_bits / 8 / 1000,
             "compression_ratio": float_bits / storage if storage else None,
-            "rounds": rounds,
-            "rounds_requested": int(p["rounds"]),
-            "prune_ratio_used": ratio,
             "removed_groups": sum(int((q.group_widths() == 0).sum()) for q in quantizers),
             "groups": sum(q.group_widths().numel() for q in quantizers),
             "layer_bits": {n: float(q.group_widths().double().mean()) for n, q in layers.items()},
             "layer_structure": {n: f"{q.grouping} (n={q.group_size})" for n, q in layers.items()},
-            "activation_bits": act_bits or FLOAT_BITS,
-            "val_accuracy_float": float_accuracy,
-            "val_accuracy_sketch": sketch_accuracy,
-            "sketch_weight_bits": start_bits / numel,
-            "pretrain_steps": pretrain_steps,
-            "alq_steps": alq_steps,
-            "schedule": history,
-        }
-        return StrategyResult(model, legal, context.epochs_trained, attrs)
+        })
 
 
 def attach_alq(model: nn.Module, profile: ModelProfile, *, i_max: int = 6, structure: str = "auto",
@@ -472,20 +476,6 @@ def _legal_activation_bits(context, profile: ModelProfile, bits: int) -> int:
                             f"{bits} bits differently per layer: {sorted(widths)}.")
     width = widths.pop()
     return 0 if width >= MAX_BITS else int(width)
-
-
-def _legalise_widths(context, model: nn.Module, profile: ModelProfile,
-                     layers: Mapping[str, ALQWeightQuantizer]) -> PrecisionAssignment:
-    """Widen groups to the widths the backend supports; returns the model's assignment after."""
-    legal = context.legalise(assignment_from_model(model, profile))
-    for name, q in layers.items():
-        bits = legal[f"{name}:weight"]
-        bits = torch.as_tensor(bits).expand(q.weight_shape) if not isinstance(bits, int) else \
-            torch.full(q.weight_shape, bits)
-        widths = q.grouping.to_groups(bits)[:, 0].to(q.mask.device)
-        if not torch.equal(widths, q.group_widths()):
-            q.widen(widths)
-    return assignment_from_model(model, profile)
 
 
 @hookimpl

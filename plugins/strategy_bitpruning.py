@@ -17,7 +17,7 @@ from mpsearch.quant import (GRANULARITIES, FixedBits, LearnableBits, MinMaxQuant
                             assignment_from_model, bit_parameters, bits_shape, fractional_bits,
                             freeze_bits, project_bits, quantize_model, quantizers)
 from mpsearch.spec import Param, SpecError
-from mpsearch.strategy import Strategy, StrategyResult
+from mpsearch.strategy import SearchResult, Strategy
 from mpsearch.training import make_schedule, steps_per_epoch
 
 UNIFORM = "uniform"
@@ -39,11 +39,11 @@ class BitPruningStrategy(Strategy):
     loss is ``L + gamma * sum_i lambda_i * n_i`` over the learned widths, with
     ``lambda`` normalised so that an all-8-bit network's regulariser is exactly
     ``gamma``. After ``split`` of the trial's epochs every width is set to the
-    ceiling of its learned value, legalised for the backend, and the model is
-    fine-tuned for the rest with the widths frozen and 1/10 of the learning
-    rate. A spec's ``pretrain_epochs`` trains the float model first (the
-    paper's "use as fine-tuning" variant, Sec. III-B5); by default it trains
-    from the fresh model, as the paper's main results do.
+    ceiling of its learned value; the host legalises it for the backend, and the
+    model is fine-tuned for the rest with the widths frozen and 1/10 of the
+    learning rate. The trial starts from the study's float start when it has
+    one (the paper's "use as fine-tuning" variant, Sec. III-B5), else from the
+    seeded initialisation, as the paper's main results do.
 
     Parameters (defaults):
         gamma: log range 0.05-5; the regulariser's strength. The paper used
@@ -139,19 +139,17 @@ class BitPruningStrategy(Strategy):
             if not _is_number(v) or not MIN_BITS <= v <= MAX_BITS:
                 raise SpecError(f"{where}.init_bits: {v!r} must be a width from 1 to {MAX_BITS}.")
 
-    def run(self, context, params: Mapping[str, Any]) -> StrategyResult:
+    def search(self, context, params: Mapping[str, Any]) -> SearchResult:
+        """Learn the widths for ``split`` of the epochs, then ceil them."""
         p = self.resolve(params)
         # Looked up first: a criterion that cannot work fails the trial before any training.
         objective = criterion_objective(context, p["criterion"])
         model, profile, training = context.model, context.profile, context.training
-        if training.pretrain_epochs > 0:
-            context.fit(model, training.pretrain_epochs, phase="pretrain")
         bitpruning_model(model, profile, granularity=p["granularity"], init_bits=float(p["init_bits"]),
                          first_last_bits=int(p["first_last_bits"]))
         regulariser = BitRegulariser(model, profile, float(p["gamma"]), objective, p["criterion"])
 
         search_epochs = context.epochs * float(p["split"])
-        finetune_epochs = context.epochs - search_epochs
         widths = bit_parameters([model])
         learned = {id(w) for w in widths}
         bit_optimizer = torch.optim.Adam(widths, lr=float(p["lr_bits"]), betas=ADAM_BETAS, weight_decay=0.0)
@@ -172,22 +170,24 @@ class BitPruningStrategy(Strategy):
         searched = context.fit(model, search_epochs,
                                groups=[{"params": [q for q in model.parameters() if id(q) not in learned]}],
                                extra_loss=regulariser, after_step=after_step, on_epoch=search_metrics,
-                               extra_optimizers=[bit_optimizer], phase="search")
+                               extra_optimizers=[bit_optimizer], phase="search", trial_schedule=True)
         search_w, search_a = average_bits(model, profile)
-        legal = discretise(model, profile, context.legalise)
-        ceil_accuracy = context.evaluate(model)
-
-        def finetune_metrics(_: int) -> dict[str, float]:
-            return {"weight_bits": legal.average_weight_bits(), "act_bits": legal.average_activation_bits()}
-
-        context.fit(model, finetune_epochs, lr=training.lr * FINETUNE_LR_FACTOR, on_epoch=finetune_metrics,
-                    phase="finetune")
+        freeze_bits(model)  # LearnableBits(rounding="ceil"): the smallest integer >= the learned width
         attrs = {"search_weight_bits": search_w, "search_act_bits": search_a,
                  "search_accuracy": float(searched.get("val_accuracy", float("nan"))),
-                 "ceil_accuracy": ceil_accuracy, "search_epochs": search_epochs,
-                 "finetune_epochs": finetune_epochs, "criterion": p["criterion"],
+                 "ceil_accuracy": context.evaluate(model), "search_epochs": search_epochs,
+                 "finetune_epochs": context.epochs - search_epochs, "criterion": p["criterion"],
                  "granularity": p["granularity"]}
-        return StrategyResult(model, legal, context.epochs_trained, attrs)
+        return SearchResult(model, assignment_from_model(model, profile), context.epochs - search_epochs,
+                            attrs)
+
+    def finetune(self, context, model: nn.Module, assignment: PrecisionAssignment, epochs: float,
+                 params: Mapping[str, Any]) -> None:
+        """Fine-tune at the frozen widths with a tenth of the learning rate (Sec. III-B2)."""
+        context.fit(model, epochs, lr=context.training.lr * FINETUNE_LR_FACTOR, phase="finetune",
+                    trial_schedule=True,
+                    on_epoch=lambda _: {"weight_bits": assignment.average_weight_bits(),
+                                        "act_bits": assignment.average_activation_bits()})
 
 
 def bitpruning_model(model: nn.Module, profile: ModelProfile, *, granularity: str = "layer",
@@ -233,15 +233,10 @@ def criterion_objective(context, criterion: str) -> Objective | None:
     """
     if criterion == UNIFORM:
         return None
-    objective = context.objectives.get(criterion)
-    if objective is None:
-        from mpsearch.trial import plugin_host
-
-        registry = plugin_host(tuple(context.spec.plugins)).objectives
-        if criterion not in registry:
-            raise UnknownNameError("bitpruning criterion", criterion, [UNIFORM, *registry.names()])
-        objective = registry.get(criterion).for_backend(context.backend, context.spec.backend)
-    return objective
+    try:
+        return context.objective(criterion)
+    except UnknownNameError as exc:
+        raise UnknownNameError("bitpruning criterion", criterion, [UNIFORM, *exc.available]) from None
 
 
 class BitRegulariser:
@@ -342,22 +337,6 @@ def average_bits(model: nn.Module, profile: ModelProfile) -> tuple[float, float]
             count = sum(int(torch.Size(s).numel()) for _, s in groups)
             out.append(total / count)
     return out[0], out[1]
-
-
-def discretise(model: nn.Module, profile: ModelProfile, legalise) -> PrecisionAssignment:
-    """Set every learned width to its ceiling, legalise, and make the model run at the legal widths.
-
-    Returns:
-        The legal assignment the model now runs at.
-    """
-    freeze_bits(model)  # LearnableBits(rounding="ceil"): the smallest integer >= the learned width
-    assignment = assignment_from_model(model, profile)
-    legal = legalise(assignment)
-    if legal != assignment:
-        for group, q in quantizers(model).items():
-            q.bits = FixedBits(legal[group]).to(q.bits().device)
-        legal = assignment_from_model(model, profile)
-    return legal
 
 
 def _steps(context, epochs: float) -> int:

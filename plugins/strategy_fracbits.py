@@ -17,7 +17,7 @@ from mpsearch.profile import LayerProfile, ModelProfile
 from mpsearch.quant import (DoReFaQuantizer, FixedBits, LearnableBits, PACTQuantizer, bit_parameters,
                             bits_shape, quantize_model, quantizers)
 from mpsearch.spec import Param, SpecError
-from mpsearch.strategy import Strategy, StrategyResult, suggest_param
+from mpsearch.strategy import SearchResult, Strategy, suggest_param
 from mpsearch.training import steps_per_epoch
 
 MAX_CANDIDATE_BITS = 8  # the paper's candidate widths end at 8
@@ -48,13 +48,13 @@ class FracBitsStrategy(Strategy):
     with cost the objective's differentiable form (BitOPs in GBitOPs, size in
     MB). Every width starts at ``b_t + 0.5``, where ``b_t`` is the largest
     uniform width (first and last layers at their fixed width) whose cost does
-    not exceed the target (``min_bits`` when none fits). One ``context.fit`` call
-    trains for the spec's ``epochs`` with one optimizer and one cosine schedule;
-    after ``split`` of its steps the widths are discretised,
-    ``width = floor(lambda) + [frac(lambda) > t]``, with one threshold ``t`` for
-    weights and activations found by binary search so that the cost of the
-    legalised assignment lands within 1 % of the target; the model then runs at
-    the legal widths and fine-tunes the rest of the steps, nothing re-initialised.
+    not exceed the target (``min_bits`` when none fits). The search trains for
+    ``split`` of the trial's steps on the trial's one cosine schedule; then the
+    widths are discretised, ``width = floor(lambda) + [frac(lambda) > t]``, with
+    one threshold ``t`` for weights and activations found by binary search so
+    that the cost of the legalised assignment lands within 1 % of the target;
+    the host legalises and freezes them, and the shared fine-tuning trains the
+    rest of the steps on the same schedule.
 
     The threshold search (:func:`threshold_search`) bisects over the sorted
     distinct fractional parts, the only thresholds at which the cost changes
@@ -103,7 +103,8 @@ class FracBitsStrategy(Strategy):
           bounds, so a width on a bound still moves when the penalty turns).
         - The discretisation happens at the step ``round(split * steps)``, not
           at an epoch's end, so a 1- or 2-epoch trial still searches 80 % and
-          fine-tunes 20 %.
+          fine-tunes 20 %. The fine-tuning's optimizer starts afresh (its
+          momentum is not carried over from the search); the schedule goes on.
         - The paper's kernel-wise experiments (Table 5) use the candidate range
           1-8 although weights and inputs are quantized; ``min_bits`` 0 follows
           the paper, ``min_bits = 2`` gives 2-8 there.
@@ -200,7 +201,8 @@ class FracBitsStrategy(Strategy):
         cls.check_space({n: Param(value=v) for n, v in checked.items()}, "strategy 'fracbits' parameters")
         return out
 
-    def run(self, context, params: Mapping[str, Any]) -> StrategyResult:
+    def search(self, context, params: Mapping[str, Any]) -> SearchResult:
+        """Train the fractional widths under the penalty for ``split`` of the steps, then threshold them."""
         p = self.resolve(params)
         profile: ModelProfile = context.profile
         name, objective = _objective(context, p["objective"])
@@ -222,8 +224,6 @@ class FracBitsStrategy(Strategy):
         init = initial_width(uniform_bits, max_bits)
 
         model = context.model
-        if context.training.pretrain_epochs > 0:
-            context.fit(model, context.training.pretrain_epochs, phase="pretrain")
         quantize_fractional(model, plan, init, granularity=granularity, min_bits=min_bits,
                             max_bits=max_bits)
         search = FracBitsSearch(model, profile, objective, target, kappa)
@@ -232,46 +232,32 @@ class FracBitsStrategy(Strategy):
         others = [q for q in model.parameters() if id(q) not in learned]
         groups = [{"params": others}, {"params": widths, "weight_decay": 0.0}]
 
-        steps = context.epochs * steps_per_epoch(context.train, context.training.batch_size)
+        # The search's share of the trial's steps (whole batches: a 1- or 2-epoch trial
+        # still searches 80 % and fine-tunes 20 %); both phases follow one schedule.
+        per_epoch = steps_per_epoch(context.train, context.training.batch_size)
+        steps = context.epochs * per_epoch
         split_step = min(steps, max(1, round(float(p["split"]) * steps)))
-        state: dict[str, Any] = {"step": 0, "found": None, "search_cost": None}
-        context.track("state", state)  # checkpoints stop once "found" holds the frozen result
-
-        def freeze() -> None:
-            with torch.no_grad():
-                state["search_cost"] = float(search.cost())
-            state["found"] = search.freeze(lambda bits: legal_cost(search.assignment(bits)), context.legalise)
-
-        def after_step() -> None:
-            state["step"] += 1
-            if state["found"] is None:
-                if state["step"] >= split_step:
-                    freeze()
-                else:
-                    search.project()
+        search_epochs = split_step / per_epoch
 
         def on_epoch(_: int) -> dict[str, float]:
             with torch.no_grad():
-                return {**search.average_bits(), "cost": float(search.cost()),
-                        "searching": float(state["found"] is None)}
+                return {**search.average_bits(), "cost": float(search.cost())}
 
-        context.fit(model, context.epochs, groups,
-                    extra_loss=lambda: search.penalty() if state["found"] is None else search.zero,
-                    after_step=after_step, on_epoch=on_epoch, phase="train")
-        if state["found"] is None:  # no step reached the split (an empty training split)
-            freeze()
-        found: Discretised = state["found"]
-        assignment = search.current_assignment()
+        context.fit(model, search_epochs, groups, extra_loss=search.penalty, after_step=search.project,
+                    on_epoch=on_epoch, phase="search", trial_schedule=True)
+        with torch.no_grad():
+            search_cost = float(search.cost())
+        found = search.freeze(lambda bits: legal_cost(search.assignment(bits)))
         attrs = {
             "objective": name, "unit": objective.unit, "target": target,
             "target_fraction": target / reference if reference else None, "reference_cost": reference,
             "kappa": kappa, "uniform_bits": uniform_bits, "initial_bits": init, "min_bits": min_bits,
             "max_bits": max_bits, "granularity": granularity, "weight_only": weight_only,
-            "split_step": split_step, "steps": steps, "search_cost": state["search_cost"],
+            "split_step": split_step, "steps": steps, "search_cost": search_cost,
             "threshold": found.threshold, "cost": found.cost, "deviation": found.deviation,
             "within_tolerance": found.within, "threshold_evaluations": found.evaluations,
         }
-        return StrategyResult(model, assignment, context.epochs_trained, attrs)
+        return SearchResult(model, search.current_assignment(), context.epochs - search_epochs, attrs)
 
 
 # -- the pieces, usable on their own -----------------------------------------------------------
@@ -415,15 +401,12 @@ class FracBitsSearch:
     def current_assignment(self) -> PrecisionAssignment:
         return self.assignment({})
 
-    def freeze(self, cost: Callable[[Mapping[str, Bits]], float],
-               legalise: Callable[[PrecisionAssignment], PrecisionAssignment]) -> Discretised:
-        """Discretise by threshold search, legalise, and make every quantizer run at the legal widths."""
+    def freeze(self, cost: Callable[[Mapping[str, Bits]], float]) -> Discretised:
+        """Discretise by threshold search and make every learned quantizer run at the found widths."""
         fractional = {g: b().detach() for g, b in self.learnable().items()}
         found = threshold_search(fractional, cost, self.target)
-        legal = legalise(self.assignment(found.bits))
-        for group, q in self.quantizers.items():
-            if hasattr(q, "bits"):
-                q.bits = FixedBits(legal[group]).to(self.zero.device)
+        for group, bits in found.bits.items():
+            self.quantizers[group].bits = FixedBits(bits).to(self.zero.device)
         return found
 
 
@@ -513,12 +496,7 @@ def _objective(context, name: str) -> tuple[str, Objective]:
             raise MpsearchError("strategy 'fracbits' needs a cost objective for its target; add one to "
                                 "[study] objectives, or name one with the parameter objective.")
         name = next(iter(context.objectives))
-    objective = context.objectives.get(name)
-    if objective is None:
-        from mpsearch.trial import plugin_host
-
-        objective = plugin_host(tuple(context.spec.plugins)).objectives.get(name).for_backend(
-            context.backend, context.spec.backend)
+    objective = context.objective(name)
     if not objective.has_differentiable:
         raise MpsearchError(f"strategy 'fracbits' penalises a differentiable cost; objective {name!r} has "
                             f"none. Name another with the parameter objective.")

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+from torch import nn
 
 from mpsearch.assignment import MAX_BITS, PrecisionAssignment
 from mpsearch.errors import MpsearchError
@@ -15,7 +16,7 @@ from mpsearch.hookspecs import hookimpl
 from mpsearch.profile import ModelProfile
 from mpsearch.quant import QUANTIZER_FAMILIES, quantize_at
 from mpsearch.spec import Param, SpecError
-from mpsearch.strategy import Strategy, StrategyResult
+from mpsearch.strategy import SearchResult, Strategy
 
 REFERENCE_BITS = 8  # the budget is a fraction of the uniform 8-bit assignment's cost
 BUDGET_SLACK = 1e-9  # relative: a cost that equals the budget up to rounding fits it
@@ -34,22 +35,20 @@ class RandomStrategy(Strategy):
     """Random per-layer bit-widths under a cost budget; the best of a few, briefly fine-tuned, is trained.
 
     The search-based baseline of HAQ (Wang et al., CVPR 2019) without the agent:
-    the float model is trained first (the spec's ``pretrain_epochs``, or else
-    ``pretrain_share`` of the trial's ``epochs``), then ``candidates``
-    assignments are drawn, each weight and each input group at a
+    ``candidates`` assignments are drawn, each weight and each input group at a
     width uniform in ``[min_bits, max_bits]``. A draw whose cost (legalised, on
     the study's first cost objective) exceeds the budget has the widths of
     randomly chosen groups lowered one bit at a time, never below ``min_bits``,
     until it fits, as HAQ does; a budget that even ``min_bits`` everywhere
     exceeds leaves ``min_bits`` everywhere, recorded as over budget. Each
-    candidate is a copy of the pretrained model quantized at its widths and
-    fine-tuned for ``candidate_epochs`` epochs, then scored on the validation
-    split. The best (highest validation accuracy; ties: lower cost) is quantized
-    again from the pretrained model and trained for the rest of the trial's
-    ``epochs`` (all of them after a spec's ``pretrain_epochs``, as ``uniform``
-    does), so the returned model has had the training a one-shot strategy gets;
-    the candidates' fine-tuning is the search's own cost. Every epoch of
-    training, the candidates' included, counts in ``epochs_trained``.
+    candidate is a copy of the trial's start (the study's float start) quantized
+    at its widths, its clips calibrated, fine-tuned for ``candidate_epochs``
+    epochs (not at all with ``[training] epochs = 0``), then scored on the
+    validation split. The best (highest validation accuracy; ties: lower cost) is
+    quantized again from the start and handed to the shared fine-tuning for the
+    trial's ``epochs``, as ``uniform`` is, so the returned model has had the
+    training a one-shot strategy gets; the candidates' fine-tuning is the
+    search's own cost (it counts in ``epochs_trained``).
 
     Parameters (defaults):
         budget: range 0.1-0.6; the cost budget as a fraction of the uniform
@@ -57,8 +56,6 @@ class RandomStrategy(Strategy):
         candidates: integer range 4-8; assignments drawn and fine-tuned.
         candidate_epochs: fixed 0.25; fine-tuning per candidate (fractions train
             part of an epoch).
-        pretrain_share: fixed 0.5; the share of ``epochs`` the float model trains
-            for when the spec sets no ``pretrain_epochs``.
         min_bits, max_bits: fixed 2 and 8.
         quantizer: fixed ``"dorefa-pact"``, or ``"minmax"``.
 
@@ -68,11 +65,11 @@ class RandomStrategy(Strategy):
 
     label = "random"
     resumable = True
+    post_training = True
     parameters: ClassVar[Mapping[str, Param]] = {
         "budget": Param(low=0.1, high=0.6),
         "candidates": Param(low=4, high=8, integer=True),
         "candidate_epochs": Param(value=0.25),
-        "pretrain_share": Param(value=0.5),
         "min_bits": Param(value=2),
         "max_bits": Param(value=8),
         "quantizer": Param(value="dorefa-pact"),
@@ -87,7 +84,7 @@ class RandomStrategy(Strategy):
                                     "candidate_epochs": (lambda v: v > 0, "a positive number")},
                            integers=(("candidates", 1, None),))
 
-    def run(self, context, params: Mapping[str, Any]) -> StrategyResult:
+    def search(self, context, params: Mapping[str, Any]) -> SearchResult:
         p = self.resolve(params)
         if not context.objectives:
             raise MpsearchError("strategy 'random' needs a cost objective for its budget; add one "
@@ -101,14 +98,7 @@ class RandomStrategy(Strategy):
         reference = cost(context.legalise(
             PrecisionAssignment.uniform(context.profile, REFERENCE_BITS, REFERENCE_BITS)))
         budget = float(p["budget"]) * reference
-
-        pretrained = context.model
-        if context.training.pretrain_epochs > 0:
-            pretrain, final = context.training.pretrain_epochs, context.epochs
-        else:
-            pretrain = context.epochs * float(p["pretrain_share"])
-            final = context.epochs - pretrain
-        context.fit(pretrained, pretrain, phase="pretrain")
+        start = context.model
         # Drawn before any candidate trains, so the widths do not depend on the
         # training's own draws from the same generator.
         drawn = [sample_under_budget(context.profile, budget, cost, context.legalise,
@@ -116,17 +106,14 @@ class RandomStrategy(Strategy):
                  for _ in range(p["candidates"])]
         accuracies = []
         for candidate in drawn:
-            model = quantize_at(copy.deepcopy(pretrained), context.profile, candidate.assignment,
-                                p["quantizer"])
-            context.fit(model, p["candidate_epochs"], report=False, phase="candidate")
+            model = candidate_model(context, start, candidate.assignment, p["quantizer"])
+            if context.epochs > 0:  # post-training (epochs = 0): scored as calibrated, untrained
+                context.fit(model, p["candidate_epochs"], report=False, phase="candidate")
             accuracies.append(context.evaluate(model))
             del model
         # max() keeps the first of equals: ties on accuracy and cost go to the earlier draw.
         best = max(range(len(drawn)), key=lambda i: (accuracies[i], -drawn[i].cost))
-
-        model = quantize_at(copy.deepcopy(pretrained), context.profile, drawn[best].assignment,
-                            p["quantizer"])
-        context.fit(model, final, phase="train")
+        model = candidate_model(context, start, drawn[best].assignment, p["quantizer"])
         attrs = {
             "budget": budget, "budget_fraction": float(p["budget"]), "budget_objective": name,
             "budget_unit": objective.unit, "reference_cost": reference,
@@ -135,7 +122,14 @@ class RandomStrategy(Strategy):
             "candidates": [{"cost": c.cost, "val_accuracy": a, "fits": c.fits}
                            for c, a in zip(drawn, accuracies)],
         }
-        return StrategyResult(model, drawn[best].assignment, context.epochs_trained, attrs)
+        return SearchResult(model, drawn[best].assignment, float(context.epochs), attrs)
+
+
+def candidate_model(context, start: nn.Module, assignment: PrecisionAssignment, family: str) -> nn.Module:
+    """A copy of the trial's start quantized at ``assignment``, its ranges calibrated."""
+    model = quantize_at(copy.deepcopy(start), context.profile, assignment, family)
+    context.calibrate(model)
+    return model
 
 
 def sample_under_budget(profile: ModelProfile, budget: float,
@@ -176,14 +170,13 @@ def check_search_space(merged: Mapping[str, Param], where: str, *,
                        numbers: Mapping[str, tuple[Callable[[float], bool], str]],
                        integers: tuple[tuple[str, int, int | None], ...]) -> None:
     """The checks a search baseline's space shares (``random``, ``rl``): ``numbers`` and
-    ``integers`` of its own, then ``pretrain_share`` in (0, 1), ``min_bits`` and ``max_bits``
-    in 1-32 and not crossed, and a known quantizer family.
+    ``integers`` of its own, then ``min_bits`` and ``max_bits`` in 1-32 and not crossed, and
+    a known quantizer family.
 
     Raises:
         SpecError: the first value that breaks a rule, named with its key.
     """
-    rules = {**numbers, "pretrain_share": (lambda v: 0 < v < 1, "a number strictly between 0 and 1")}
-    for name, (ok, rule) in rules.items():
+    for name, (ok, rule) in numbers.items():
         for v in merged[name].values():
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not ok(v):
                 raise SpecError(f"{where}.{name}: {v!r} must be {rule}.")

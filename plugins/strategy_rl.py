@@ -18,7 +18,7 @@ from mpsearch.hookspecs import hookimpl
 from mpsearch.profile import ModelProfile
 from mpsearch.quant import quantize_at
 from mpsearch.spec import Param
-from mpsearch.strategy import Strategy, StrategyResult
+from mpsearch.strategy import SearchResult, Strategy
 
 REWARD_SCALE = 0.1  # λ in HAQ's reward R = λ (acc_quant - acc_origin)
 BUFFER_PER_STEP = 128  # HAQ's replay buffer: 128 transitions per step of an episode
@@ -48,24 +48,23 @@ class RLStrategy(Strategy):
     one bit at a time, from the last layer back to the first, each layer's
     activations before its weights, pass after pass, until it fits (HAQ's
     ``_final_action_wall``; :func:`lower_to_budget`). The budget is ``budget``
-    times the cost of the all-``max_bits`` assignment. A copy of the pretrained
-    float model is quantized at the widths, fine-tuned briefly, and scored on
-    the validation split: the reward is ``0.1 (acc_quant - acc_origin)``
-    (HAQ's reward), with ``acc_origin`` the pretrained float model's validation
-    accuracy, measured once. Every transition of the episode gets the reward,
+    times the cost of the all-``max_bits`` assignment. A copy of the trial's
+    start (the study's float start) is quantized at the widths, its clips
+    calibrated, fine-tuned briefly (not at all with ``[training] epochs = 0``:
+    HAQ's reward without fine-tuning), and scored on the validation split: the
+    reward is ``0.1 (acc_quant - acc_origin)`` (HAQ's reward), with
+    ``acc_origin`` the start's validation accuracy. Every transition of the episode gets the reward,
     γ = 1, and the critic's target subtracts a moving-average baseline
     (:mod:`mpsearch.ddpg`; HAQ took it from AMC).
 
-    The trial: the float model trains first (the spec's ``pretrain_epochs``, or
-    else ``pretrain_share`` of ``epochs``), as for the ``random`` baseline. Then
-    ``episodes`` episodes run, the first ``warmup`` of them with uniformly random
+    The trial: ``episodes`` episodes run, the first ``warmup`` of them with uniformly random
     actions; the others act with the actor plus noise drawn from a normal
     distribution truncated to [0, 1], σ = ``noise`` · ``noise_decay`` ^ (episode
     - warmup). After every episode from the last warm-up one on, the agent
     takes one DDPG update per transition of the episode (HAQ's ``n_update`` = 1).
     The episode of the highest reward (ties: lower cost, then the earlier one) is
-    quantized again from the pretrained model and trained for the rest of the
-    trial's ``epochs``, as ``random`` does, so the returned model gets the
+    quantized again from the start and handed to the shared fine-tuning for the
+    trial's ``epochs``, as ``random``'s is, so the returned model gets the
     training a one-shot strategy gets; the candidates' fine-tuning is the
     search's own cost. Every epoch of training counts in ``epochs_trained``.
 
@@ -80,7 +79,6 @@ class RLStrategy(Strategy):
             fine-tuned on, a stratified subset drawn once per trial (HAQ: 20,000
             of ImageNet's 1.28 M).
         finetune_epochs: fixed 1; epochs over that subset per candidate (HAQ: 1).
-        pretrain_share: fixed 0.5; as for ``random``.
         min_bits, max_bits: fixed 2 and 8 (HAQ's linear quantization).
         quantizer: fixed ``"dorefa-pact"``, or ``"minmax"``.
 
@@ -112,6 +110,7 @@ class RLStrategy(Strategy):
     """
 
     label = "rl"
+    post_training = True
     parameters: ClassVar[Mapping[str, Param]] = {
         "budget": Param(low=0.1, high=0.6),
         "episodes": Param(low=10, high=30, integer=True),
@@ -120,7 +119,6 @@ class RLStrategy(Strategy):
         "noise_decay": Param(value=0.99),
         "finetune_images": Param(value=2000),
         "finetune_epochs": Param(value=1.0),
-        "pretrain_share": Param(value=0.5),
         "min_bits": Param(value=2),
         "max_bits": Param(value=8),
         "quantizer": Param(value="dorefa-pact"),
@@ -138,7 +136,8 @@ class RLStrategy(Strategy):
                      "noise_decay": (lambda v: 0 < v <= 1, "a number in (0, 1]")},
             integers=(("episodes", 1, None), ("warmup", 0, None), ("finetune_images", 1, None)))
 
-    def run(self, context, params: Mapping[str, Any]) -> StrategyResult:
+    def search(self, context, params: Mapping[str, Any]) -> SearchResult:
+        """Run the agent's episodes from the trial's start; hand the best episode's widths on."""
         p = self.resolve(params)
         if not context.objectives:
             raise MpsearchError("strategy 'rl' needs a cost objective for its budget; add one "
@@ -159,16 +158,16 @@ class RLStrategy(Strategy):
         reference = cost(full)
         budget = float(p["budget"]) * reference
 
-        pretrained = context.model
-        if context.training.pretrain_epochs > 0:
-            pretrain, final = context.training.pretrain_epochs, context.epochs
-        else:
-            pretrain = context.epochs * float(p["pretrain_share"])
-            final = context.epochs - pretrain
-        metrics = context.fit(pretrained, pretrain, phase="pretrain")
-        acc_origin = metrics.get("val_accuracy")
-        if acc_origin is None:
-            acc_origin = context.evaluate(pretrained)
+        start = context.model
+        acc_origin = context.float_accuracy
+        if math.isnan(acc_origin):
+            acc_origin = context.evaluate(start)
+
+        def quantized(assignment: PrecisionAssignment) -> torch.nn.Module:
+            model = quantize_at(copy.deepcopy(start), profile, assignment, p["quantizer"])
+            context.calibrate(model)
+            return model
+
         subset = finetune_subset(context.train, int(p["finetune_images"]), context.seed)
 
         states = layer_states(profile)
@@ -202,10 +201,12 @@ class RLStrategy(Strategy):
             candidate = lower_to_budget(full.replace(bits), order, cost, context.legalise, budget,
                                         min_bits)
             over_budget += not candidate.fits
-            model = quantize_at(copy.deepcopy(pretrained), profile, candidate.assignment,
-                                p["quantizer"])
-            accuracy = context.fit(model, float(p["finetune_epochs"]), data=subset, report=False,
-                                   phase="candidate")["val_accuracy"]
+            model = quantized(candidate.assignment)
+            if context.epochs > 0:
+                accuracy = context.fit(model, float(p["finetune_epochs"]), data=subset, report=False,
+                                       phase="candidate")["val_accuracy"]
+            else:  # post-training: HAQ's reward measured without fine-tuning
+                accuracy = context.evaluate(model)
             del model
             reward = REWARD_SCALE * (accuracy - acc_origin)
             for key, value in (("reward", reward), ("accuracy", accuracy), ("cost", candidate.cost),
@@ -228,22 +229,19 @@ class RLStrategy(Strategy):
         candidate_epochs = context.epochs_trained - trained_before
 
         assert best is not None and best_candidate is not None  # episodes >= 1
-        model = quantize_at(copy.deepcopy(pretrained), profile, best_candidate.assignment,
-                            p["quantizer"])
-        context.fit(model, final, phase="train")
+        model = quantized(best_candidate.assignment)
         attrs = {
             "budget": budget, "budget_fraction": float(p["budget"]), "budget_objective": name,
             "budget_unit": objective.unit, "reference_cost": reference, "reference_bits": max_bits,
             "acc_origin": acc_origin, "episodes": episodes, "warmup": min(warmup, episodes),
             "best_episode": -best[2], "best_reward": best[0], "over_budget": over_budget,
             "finetune_subset": len(subset), "candidate_epochs": candidate_epochs,
-            "pretrain_epochs": float(pretrain), "final_epochs": float(final),
             "search_seconds": search_seconds, "agent_seconds": agent_seconds,
             "episode_reward": log["reward"], "episode_accuracy": log["accuracy"],
             "episode_cost": log["cost"], "episode_weight_bits": log["weight_bits"],
             "episode_sigma": log["sigma"],
         }
-        return StrategyResult(model, best_candidate.assignment, context.epochs_trained, attrs)
+        return SearchResult(model, best_candidate.assignment, float(context.epochs), attrs)
 
 
 def action_to_bits(action: float, min_bits: int, max_bits: int) -> int:

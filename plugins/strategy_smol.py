@@ -15,12 +15,12 @@ from mpsearch.errors import MpsearchError
 from mpsearch.hookspecs import hookimpl
 from mpsearch.objectives import group_sum
 from mpsearch.profile import ModelProfile
-from mpsearch.quant import (FixedBits, assignment_from_model, fractional_bits, freeze_bits,
+from mpsearch.quant import (apply_assignment, assignment_from_model, fractional_bits, freeze_bits,
                             quantize_model, quantized_layers, quantizers)
 from mpsearch.quant.smol import (MAX_P_INIT, SmolPACTQuantizer, SmolWeightQuantizer,
                                  noise_parameters, smol_quantizers)
 from mpsearch.spec import Param, SpecError
-from mpsearch.strategy import Strategy, StrategyResult
+from mpsearch.strategy import SearchResult, Strategy
 from mpsearch.training import steps_per_epoch
 
 GRANULARITIES = ("parameter", "kernel", "pixel", "channel", "layer")
@@ -42,8 +42,8 @@ class SmolStrategy(Strategy):
     ``s`` Adam (lr ``noise_lr``, no weight decay), and after every step each weight
     is clipped to ``+-(2 - sigma(s))``. Then ``p = 1 + floor(log2(1 + exp(-s)))``
     (the floor of Sec. 4); with zero-precision allocation ``p = 0`` wherever
-    ``|w| <= |w - q(w, p)|`` (the weight is pruned). The precisions are frozen,
-    legalised, and the weights fine-tuned for the remaining epochs on SMOL's grid
+    ``|w| <= |w - q(w, p)|`` (the weight is pruned). The precisions are frozen, the
+    host legalises them, and the weights are fine-tuned for the remaining epochs on SMOL's grid
     (``+-1`` at 1 bit, ``+-0.5, +-1.5`` at 2 bits, odd multiples of ``2**(1 - p)``)
     with straight-through gradients. Activations (SMOL-A, Sec. 4.4): every
     layer's input is PACT-clipped and perturbed by ``(M / 2) * sigma(s) * eps``
@@ -51,8 +51,8 @@ class SmolStrategy(Strategy):
 
     One search yields both models of Sec. 3.2: ``zpa`` picks the one returned
     and fine-tuned; the other's average bits, pruned share and validation
-    accuracy (after discretisation, and after its own fine-tuning when
-    ``finetune_other``, which counts in ``epochs_trained``) are recorded as
+    accuracy (after discretisation, and after its own fine-tuning, before the
+    returned model's, when ``finetune_other``, which counts in ``epochs_trained``) are recorded as
     ``*_zpa`` / ``*_plain`` attributes. ``bpp`` is the paper's average bits per
     parameter (sum of precisions over the number of weights, pruned ones
     counting 0).
@@ -97,10 +97,9 @@ class SmolStrategy(Strategy):
         - The search ends after the training step that completes its share of
           the epochs (mid-epoch if need be), and one run of the spec's schedule
           (cosine) spans both phases, as the paper's CIFAR and ResNet-18 step
-          schedules do (its ResNet-50 run restarts for fine-tuning). Per-epoch
-          history rows carry ``search_share``, the share of the epoch's steps
-          that searched. With ``finetune_other`` the other model is fine-tuned
-          afterwards for the same number of epochs with a schedule of its own.
+          schedules do (its ResNet-50 run restarts for fine-tuning); the
+          fine-tuning's optimizer starts afresh. With ``finetune_other`` the other
+          model is fine-tuned for the same number of epochs with a schedule of its own.
         - Validation accuracy during the search is that of the model quantized at
           its current precisions (no noise, no ZPA).
         - ZPA prunes where ``|w| <= |w - q(w, p)|`` (Sec. 3.2's text; Algorithm 1 writes ``<``).
@@ -146,14 +145,12 @@ class SmolStrategy(Strategy):
             if not isinstance(v, str) or not v:
                 raise SpecError(f"{where}.criterion: {v!r} must be \"bits\" or an objective's name.")
 
-    def run(self, context, params: Mapping[str, Any]) -> StrategyResult:
+    def search(self, context, params: Mapping[str, Any]) -> SearchResult:
+        """Train with noise for ``split`` of the steps, then freeze the precisions (ZPA if asked)."""
         p = self.resolve(params)
         profile = context.profile
         criterion = self._criterion(context, p["criterion"])
         model = context.model
-        if context.training.pretrain_epochs > 0:
-            context.fit(model, context.training.pretrain_epochs, phase="pretrain")
-
         attach_smol(model, profile, granularity=p["granularity"], p_init=p["p_init"],
                     activations=p["activations"])
         # The noise has a generator of its own on the model's device, seeded from the
@@ -170,58 +167,35 @@ class SmolStrategy(Strategy):
         lam, zpa = float(p["lam"]), bool(p["zpa"])
         layers = quantized_layers(model)
 
-        # One run of the spec's schedule over both phases (as the paper's CIFAR and
-        # ResNet-18 runs); the search ends after the step that completes its share.
+        # The search's share of the trial's steps; search and fine-tuning follow one
+        # run of the spec's schedule (as the paper's CIFAR and ResNet-18 runs).
         per_epoch = steps_per_epoch(context.train, context.training.batch_size)
         total = context.epochs * per_epoch
-        switch_at = min(total, max(1, round(float(p["split"]) * total)))
-        state: dict[str, Any] = {"step": 0, "searching": True, "search_steps": 0}
-        zero = torch.zeros((), device=context.device)
-
-        def cost() -> torch.Tensor:
-            return lam * criterion(model) if state["searching"] else zero
+        search_epochs = min(total, max(1, round(float(p["split"]) * total))) / per_epoch
 
         def after_step() -> None:
-            state["step"] += 1
-            if not state["searching"]:
-                return
-            state["search_steps"] += 1
             for layer in layers.values():
                 if isinstance(layer.weight_quantizer, SmolWeightQuantizer):
                     layer.weight_quantizer.clip_(layer.weight)
-            if state["step"] >= switch_at:
-                end_search()
 
-        def end_search() -> None:
-            state["searching"] = False
-            for q in smol_quantizers(model):
-                q.generator = None  # the copy below must not share it
-            other = copy.deepcopy(model)
-            state["legal"] = settle(model, profile, context.legalise, zpa=zpa)
-            state["other_legal"] = settle(other, profile, context.legalise, zpa=not zpa)
-            state["before"] = context.evaluate(model)
-            state["other_before"] = context.evaluate(other)
-            state["other"] = other
-
-        def on_epoch(_: int) -> dict[str, float]:
-            share, state["search_steps"] = state["search_steps"] / per_epoch, 0
-            return {**epoch_bits(model, profile), "search_share": share}
-
-        context.fit(model, context.epochs, groups=[{"params": weights}], extra_loss=cost,
-                    after_step=after_step, on_epoch=on_epoch, extra_optimizers=[adam])
-        if state["searching"]:  # no training batches at all
-            end_search()
-        legal, other = state["legal"], state.pop("other")
-        search_epochs = switch_at / per_epoch
+        context.fit(model, search_epochs, groups=[{"params": weights}],
+                    extra_loss=lambda: lam * criterion(model), after_step=after_step,
+                    on_epoch=lambda _: epoch_bits(model, profile), extra_optimizers=[adam],
+                    phase="search", trial_schedule=True)
+        for q in smol_quantizers(model):
+            q.generator = None  # the copy below must not share it
+        other = copy.deepcopy(model)
+        assignment = settle(model, profile, zpa=zpa)
+        other_legal = context.legalise(settle(other, profile, zpa=not zpa))
+        apply_assignment(other, profile, other_legal)
+        before, other_before = context.evaluate(model), context.evaluate(other)
         finetune_epochs = context.epochs - search_epochs
-        after = context.evaluate(model)
         other_after = None
         if p["finetune_other"] and finetune_epochs > 0:
             context.fit(other, finetune_epochs, report=False, phase="finetune-other")
             other_after = context.evaluate(other)
         del other
-        other_legal, before, other_before = (state["other_legal"], state["before"],
-                                             state["other_before"])
+        legal = context.legalise(assignment)
 
         mine, theirs = ("zpa", "plain") if zpa else ("plain", "zpa")
         attrs: dict[str, Any] = {
@@ -236,11 +210,10 @@ class SmolStrategy(Strategy):
             f"pruned_share_{theirs}": pruned_share(other_legal),
             f"val_accuracy_quantized_{mine}": before,
             f"val_accuracy_quantized_{theirs}": other_before,
-            f"val_accuracy_{mine}": after,
         }
         if other_after is not None:
             attrs[f"val_accuracy_{theirs}"] = other_after
-        return StrategyResult(model, legal, context.epochs_trained, attrs)
+        return SearchResult(model, assignment, finetune_epochs, attrs)
 
     @staticmethod
     def _criterion(context, name: str) -> Callable[[nn.Module], torch.Tensor]:
@@ -295,23 +268,12 @@ def total_noise_bits(model: nn.Module, profile: ModelProfile) -> torch.Tensor:
     return total
 
 
-def settle(model: nn.Module, profile: ModelProfile,
-           legalise: Callable[[PrecisionAssignment], PrecisionAssignment], *,
-           zpa: bool) -> PrecisionAssignment:
-    """Freeze a searched model's precisions (ZPA if asked), legalise, and set the legal widths.
-
-    Returns:
-        The legal assignment the model now runs at.
-    """
+def settle(model: nn.Module, profile: ModelProfile, *, zpa: bool) -> PrecisionAssignment:
+    """Freeze a searched model's precisions (ZPA if asked) and return the assignment it runs at."""
     for layer in quantized_layers(model).values():
         if isinstance(layer.weight_quantizer, SmolWeightQuantizer):
             layer.weight_quantizer.freeze(layer.weight, zpa)
     freeze_bits(model)  # SMOL-A's inputs: no ZPA for activations
-    legal = legalise(assignment_from_model(model, profile))
-    for name, layer in quantized_layers(model).items():
-        for kind, q in (("weight", layer.weight_quantizer), ("input", layer.input_quantizer)):
-            if q is not None:
-                q.bits = FixedBits(legal[f"{name}:{kind}"]).to(layer.weight.device)
     return assignment_from_model(model, profile)
 
 

@@ -10,7 +10,7 @@ from mpsearch.errors import MpsearchError
 from mpsearch.hookspecs import hookimpl
 from mpsearch.quant import QUANTIZER_FAMILIES, quantize_at
 from mpsearch.spec import Param, SpecError
-from mpsearch.strategy import Strategy, StrategyResult, suggest_param
+from mpsearch.strategy import SearchResult, Strategy, suggest_param
 
 WIDTHS = (2, 3, 4, 5, 6, 8)
 SEPARATE = ("weight_bits", "act_bits")
@@ -20,10 +20,11 @@ class UniformStrategy(Strategy):
     """Quantization-aware training with one bit-width for every weight and activation group.
 
     The baseline every mixed-precision paper compares against (DoReFa-Net, Zhou et
-    al. 2016; PACT, Choi et al. 2018): the whole network is quantized at ``bits``
-    (weights and input activations alike), legalised for the backend, and trained
-    for the spec's ``epochs`` from the float model (after ``pretrain_epochs`` of
-    float training, if the spec asks for any).
+    al. 2016; PACT, Choi et al. 2018): the trial's start (the study's float start)
+    is quantized at ``bits`` (weights and input activations alike), PACT's clips
+    are calibrated on ``[training] calibration_images`` (the clip minimising the
+    squared quantization error), and the shared fine-tuning trains it for the
+    trial's ``epochs``. With ``epochs = 0`` it is post-training quantization.
 
     Parameters (defaults):
         bits: ``[2, 3, 4, 5, 6, 8]``; the width of weights and activations.
@@ -42,6 +43,7 @@ class UniformStrategy(Strategy):
 
     label = "uniform"
     resumable = True
+    post_training = True
     parameters: ClassVar[Mapping[str, Param]] = {
         "bits": Param(choices=WIDTHS),
         "weight_bits": Param(value=0),
@@ -88,7 +90,8 @@ class UniformStrategy(Strategy):
         # A separate width drawn as 0 follows bits: record it as absent, as if not named.
         return {k: v for k, v in drawn.items() if not (k in SEPARATE and v == 0)}
 
-    def run(self, context, params: Mapping[str, Any]) -> StrategyResult:
+    def search(self, context, params: Mapping[str, Any]) -> SearchResult:
+        """Quantize the start at the one width (ranges calibrated); all the epochs fine-tune."""
         self.check_space({n: Param(value=v) for n, v in params.items()},
                          "strategy 'uniform' parameters")
         weight_bits, act_bits = widths(params)
@@ -96,14 +99,10 @@ class UniformStrategy(Strategy):
         family = params.get("quantizer", "dorefa-pact")
         assignment = PrecisionAssignment.uniform(context.profile, weight_bits, act_bits,
                                                  first_last_bits=first_last)
-        legal = context.legalise(assignment)
-        model = context.model
-        if context.training.pretrain_epochs > 0:
-            context.fit(model, context.training.pretrain_epochs, phase="pretrain")
-        quantize_at(model, context.profile, legal, family)
-        context.fit(model, context.epochs, phase="train")
-        return StrategyResult(model, legal, context.epochs_trained,
-                              {"weight_bits": weight_bits, "act_bits": act_bits})
+        model = quantize_at(context.model, context.profile, context.legalise(assignment), family)
+        context.calibrate(model)
+        return SearchResult(model, assignment, float(context.epochs),
+                            {"weight_bits": weight_bits, "act_bits": act_bits})
 
 
 def widths(params: Mapping[str, Any]) -> tuple[int, int]:

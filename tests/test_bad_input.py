@@ -286,6 +286,50 @@ def resumed(folder: Path, url: str, outcome: Outcome) -> None:
     assert all(t.state.name in ("COMPLETE", "FAIL") for t in after)
 
 
+def weights(kind: str) -> Callable:
+    """Write ``{dir}/w.pt``: LeNet-5's state dict, broken as ``kind`` says."""
+
+    def prepare(folder: Path) -> None:
+        import argparse
+
+        import torch
+
+        state = PluginHost(entry_points=False).models.get("lenet5").create(10, (1, 28, 28)).state_dict()
+        if kind == "missing-key":
+            del state["fc2.bias"]
+        elif kind == "wrong-shape":
+            state["fc2.weight"] = torch.zeros(5, 500)
+        elif kind == "not-a-state-dict":
+            state = [1, 2, 3]
+        elif kind == "pickled-object":
+            state = {"model": argparse.Namespace(layers=4)}
+        torch.save(state, folder / "w.pt")
+
+    return prepare
+
+
+WITH_WEIGHTS = ('name = "lenet5"', 'name = "lenet5"\nweights = "w.pt"')
+
+
+def weights_changed_after_creation(folder: Path) -> None:
+    """Study ``weighted`` created (not run) in ``w.db`` with ``w.pt``, then the file overwritten."""
+    import torch
+
+    weights("ok")(folder)
+    spec(WITH_WEIGHTS, name="weighted")(folder)
+    result = run("study", "create", str(folder / "bad.toml"), "--storage", fill("sqlite:///{dir}/w.db", folder),
+                 "--no-run")
+    assert result.exit_code == 0, result.output
+    state = torch.load(folder / "w.pt", weights_only=True)
+    state["fc2.bias"] += 1
+    torch.save(state, folder / "w.pt")
+
+
+def no_trial_ran(folder: Path, url: str, outcome: Outcome) -> None:
+    assert trials(fill("sqlite:///{dir}/w.db", folder), "weighted") == []
+    assert not (folder / "mpsearch-studies" / "weighted" / "float-start.pt").exists()
+
+
 # A plugin file that is not Python; written at test time, so that linters never read it.
 SYNTAX_ERROR = '"""A plugin with a syntax error."""\n\ndef register_strategies(register:\n    pass\n'
 CREATE = ["study", "create", "{dir}/bad.toml", "--storage", "{url}", "--executor", "local", "--quiet"]
@@ -392,6 +436,21 @@ CASES = [
                                 "--heartbeat", "0.05", "--grace", "0.1"],
          exit=0, prepare=corrupt_checkpoint, check=restarted_from_scratch),
     # -- the command line --------------------------------------------------------------
+    # -- the float start's weights -------------------------------------------------------
+    Case("weights-file-missing", CREATE, ("w.pt", "does not exist"), prepare=spec(WITH_WEIGHTS)),
+    Case("weights-missing-key", CREATE, ("w.pt", "does not fit the model", "missing key(s) fc2.bias"),
+         prepare=both(weights("missing-key"), spec(WITH_WEIGHTS))),
+    Case("weights-wrong-shape", CREATE, ("w.pt", "wrong shape(s) fc2.weight [5, 500]",
+                                         "the model's is [10, 500]"),
+         prepare=both(weights("wrong-shape"), spec(WITH_WEIGHTS))),
+    Case("weights-not-a-state-dict", CREATE, ("w.pt", "is not a state dict", "model.state_dict()"),
+         prepare=both(weights("not-a-state-dict"), spec(WITH_WEIGHTS))),
+    Case("weights-pickled-object", CREATE, ("w.pt", "cannot be read", "weights_only loading refuses"),
+         prepare=both(weights("pickled-object"), spec(WITH_WEIGHTS))),
+    Case("weights-changed-after-creation", ["study", "run", "weighted", "--storage", "sqlite:///{dir}/w.db",
+                                            "--executor", "local", "--quiet"],
+         ("w.pt", "has changed since study 'weighted' was created", "sha256"),
+         prepare=weights_changed_after_creation, check=no_trial_ran),
     Case("debug-shows-the-traceback", ["--debug", *SHOW, "sqlite:///{dir}/notes.db"],
          ("MpsearchError", "notes.db", "is not an SQLite database"), prepare=write("notes.db", "x\n"),
          how=in_a_process, traceback=True),

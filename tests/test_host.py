@@ -173,7 +173,7 @@ def test_strategies_and_datasets_register_through_their_hooks(host):
         def suggest(self, trial, space):
             return {}
 
-        def run(self, context, params):
+        def search(self, context, params):
             return None
 
     class NoData(DatasetSource):

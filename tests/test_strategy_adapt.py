@@ -13,7 +13,7 @@ from mpsearch.plugins.strategy_adapt import AdaptStrategy
 
 from mpsearch.host import PluginHost
 from mpsearch.models import model_profile
-from mpsearch.quant import quantize_model, quantized_layers
+from mpsearch.quant import apply_assignment, quantize_model, quantized_layers
 from mpsearch.quant.fixedpoint import (
     FixedPoint,
     FixedPointQuantizer,
@@ -256,12 +256,7 @@ def test_quantizer_uses_its_stored_copy_and_passes_gradients_straight_through():
     assert q.integer_bits() == 8
 
 
-class _Legalising:
-    def __init__(self, fn):
-        self.legalise = fn
-
-
-def test_settle_records_word_lengths_and_widened_formats_keep_their_fractional_bits():
+def test_final_widths_record_word_lengths_and_widened_formats_keep_their_fractional_bits():
     host = PluginHost(entry_points=False)
     spec = host.models.get("lenet5")
     model, profile = spec.create(10, (1, 28, 28), seed=0), model_profile(spec, 10, (1, 28, 28))
@@ -274,11 +269,12 @@ def test_settle_records_word_lengths_and_widened_formats_keep_their_fractional_b
     def even(assignment):
         return assignment.map(lambda g, b: b + b % 2)
 
-    plain = AdaptStrategy._settle(_Legalising(even), layers, profile, sparse=False)
+    plain = even(AdaptStrategy._assignment(layers, profile, sparse=False))
+    apply_assignment(model, profile, plain)  # the trial's legalisation, through the quantizers
     assert all(plain[f"{n}:weight"] == 8 and plain[f"{n}:input"] == 32 for n in LAYERS)
     assert all(layers[n].weight_quantizer.fmt == FixedPoint(8, 5) for n in LAYERS)
     assert all(torch.equal(layers[n].weight_quantizer.quantized, stored[n]) for n in LAYERS)
-    sparse = AdaptStrategy._settle(_Legalising(lambda a: a), layers, profile, sparse=True)
+    sparse = AdaptStrategy._assignment(layers, profile, sparse=True)
     fc1 = sparse["fc1:weight"]  # <8, 5> rounds weights under 1/64 to 0 at times
     assert fc1.shape == (500, 800) and 0 < int((fc1 == 0).sum()) < fc1.numel()
     assert torch.equal(fc1 == 0, stored["fc1"] == 0)

@@ -12,9 +12,9 @@ from mpsearch.errors import MpsearchError
 from mpsearch.models import model_profile
 from mpsearch.objectives import Objective
 from mpsearch.plugins.strategy_bitpruning import (BitPruningStrategy, BitRegulariser,
-                                                  bit_weights, bitpruning_model, criterion_objective,
-                                                  discretise)
-from mpsearch.quant import FixedBits, LearnableBits, bit_parameters, project_bits, quantizers
+                                                  bit_weights, bitpruning_model, criterion_objective)
+from mpsearch.quant import (FixedBits, LearnableBits, apply_assignment, assignment_from_model,
+                            bit_parameters, freeze_bits, project_bits, quantizers)
 from mpsearch.spec import Param, SpecError, parse_spec
 from mpsearch.testing.strategies_suite import StrategyTestCase, base_spec
 from mpsearch.trial import TrialContext, run_trial
@@ -25,6 +25,14 @@ optuna = pytest.importorskip("optuna")
 # so its widths only fall far with a large lr_bits.
 STRONG = {"gamma": 3.0, "lr_bits": 0.5, "split": 0.8}
 WEAK = {"gamma": 0.01, "lr_bits": 0.5, "split": 0.8}
+
+
+def discretise(model, profile, legalise):
+    """What a trial does to a searched model: ceil the widths, legalise them, set them on the model."""
+    freeze_bits(model)
+    legal = legalise(assignment_from_model(model, profile))
+    apply_assignment(model, profile, legal)
+    return legal
 
 
 class TestBitPruningConformance(StrategyTestCase):
@@ -244,9 +252,10 @@ def test_a_criterion_without_a_differentiable_form_is_refused(lenet, lenet_profi
 def test_any_registered_objective_is_a_criterion_and_a_typo_gets_a_suggestion():
     from mpsearch.host import PluginHost
 
-    generic = PluginHost(entry_points=False).backends.get("generic")
-    context = SimpleNamespace(objectives={}, backend=generic,
-                              spec=SimpleNamespace(plugins=(), backend="generic"))
+    host = PluginHost(entry_points=False)
+    generic = host.backends.get("generic")
+    context = SimpleNamespace(
+        objective=lambda name: host.objectives.get(name).for_backend(generic, "generic"))
     assert criterion_objective(context, "uniform") is None
     assert criterion_objective(context, "footprint@128").batch_size == 128  # not a study objective
     with pytest.raises(MpsearchError, match="Did you mean 'bitops'"):

@@ -65,13 +65,12 @@ class TestRandomConformance(StrategyTestCase):
 
     def test_all_training_is_counted(self, trial):
         # 1,000 images at batch 64: 16 steps an epoch, so a quarter epoch is exactly 4 steps.
-        # The trial's 1 epoch split into pretraining 0.5 and the final 0.5, plus the
-        # search's own cost, 3 candidates x 0.25.
+        # The trial's 1 epoch of fine-tuning, plus the search's own cost, 3 candidates x 0.25.
         assert trial.outcome.attrs["epochs_trained"] == pytest.approx(1.75)
 
     def test_candidates_train_silently_and_the_rest_reports(self, trial):
         phases = [row["phase"] for row in trial.outcome.attrs["history"]]
-        assert phases == ["pretrain", "train"]
+        assert phases == ["finetune"]
 
 
 def _cost(legal):

@@ -87,15 +87,15 @@ class TestRLConformance(StrategyTestCase):
     def test_all_training_is_counted(self, trial):
         attrs = trial.outcome.attrs
         # 1,000 images at batch 64: 16 steps an epoch. A candidate takes one epoch of
-        # its ~200-image subset, 4 steps: a quarter epoch, times 4 episodes.
+        # its ~200-image subset, 4 steps: a quarter epoch, times 4 episodes; then the
+        # trial's 1 epoch of fine-tuning.
         assert attrs["candidate_epochs"] == pytest.approx(1.0)
-        assert (attrs["pretrain_epochs"], attrs["final_epochs"]) == (0.5, 0.5)
         assert attrs["epochs_trained"] == pytest.approx(2.0)
         assert 0 < attrs["agent_seconds"] < attrs["search_seconds"] < attrs["seconds"]
 
     def test_candidates_train_silently_and_the_rest_reports(self, trial):
         phases = [row["phase"] for row in trial.outcome.attrs["history"]]
-        assert phases == ["pretrain", "train"]
+        assert phases == ["finetune"]
 
 
 # -- HAQ's action to width---------------------------------------------------------------------

@@ -10,7 +10,7 @@ from mpsearch import hookimpl
 from mpsearch.assignment import PrecisionAssignment
 from mpsearch.quant import quantize_at
 from mpsearch.spec import Param
-from mpsearch.strategy import Strategy, StrategyResult
+from mpsearch.strategy import SearchResult, Strategy
 
 
 class Toy(Strategy):
@@ -22,7 +22,7 @@ class Toy(Strategy):
         "behaviour": Param(value="ok"),  # ok | raise | nan | slow
     }
 
-    def run(self, context, params):
+    def search(self, context, params):
         if params["behaviour"] == "raise":
             raise RuntimeError("the toy strategy was told to raise")
         if params["behaviour"] == "slow":
@@ -30,8 +30,8 @@ class Toy(Strategy):
         a = context.legalise(PrecisionAssignment.uniform(context.profile, params["bits"], params["bits"]))
         model = quantize_at(context.model, context.profile, a, "minmax")
         extra = (lambda: torch.tensor(float("nan"))) if params["behaviour"] == "nan" else None
-        context.fit(model, params["fraction"], extra_loss=extra)
-        return StrategyResult(model, a, context.epochs_trained, {"toy": True})
+        context.fit(model, params["fraction"], extra_loss=extra)  # the whole trial: no fine-tuning
+        return SearchResult(model, a, 0.0, {"toy": True})
 
 
 @hookimpl

@@ -64,6 +64,7 @@ def create(state, spec_file: str, storage: str | None, no_run: bool, n_trials: i
     url = storage or spec.study.storage or DEFAULT_STORAGE
     if not no_run:
         _check_data(spec, host, address)  # before anything is written
+    spec = _check_weights(spec, host, address)
     created = create_study(spec, url, host)
     click.echo(f"created study {spec.name!r} in {url} "
                f"({spec.study.n_trials} trials of {', '.join(s.name for s in spec.strategies)})")
@@ -87,7 +88,11 @@ def run(state, name: str, storage: str, n_trials: int | None, executor: str | No
     host = PluginHost(tuple(state.plugins) + plugins)
     from mpsearch.study import stored_spec
 
-    _check_data(stored_spec(found, host), host, address)
+    spec = stored_spec(found, host)
+    _check_data(spec, host, address)
+    from mpsearch.float_start import check_unchanged
+
+    check_unchanged(spec)
     _run(host, name, storage, n_trials, executor, address, quiet, heartbeat, grace)
 
 
@@ -123,6 +128,29 @@ def _check_data(spec, host, address: str | None) -> None:
         from mpsearch.data import check_data
 
         check_data(spec, host)
+
+
+def _check_weights(spec, host, address: str | None):
+    """The spec with its ``[model] weights`` checked and their sha256 stored, before anything is written.
+
+    On an existing cluster (``--address``) this machine may not hold the dataset: the
+    file is then only read, and its fit to the model is checked when the float start is made.
+    """
+    if spec.model.weights is None:
+        return spec
+    from dataclasses import replace
+
+    from mpsearch.float_start import WeightsError, check_weights, read_state_dict, sha256_file
+
+    if address is None:
+        digest = check_weights(spec, host)
+    else:
+        read_state_dict(spec.model.weights)
+        digest = sha256_file(spec.model.weights)
+        if spec.model.weights_sha256 not in (None, digest):
+            raise WeightsError(f"weights file {spec.model.weights!r} has sha256 {digest}, not the "
+                               f"{spec.model.weights_sha256} the spec pins.")
+    return replace(spec, model=replace(spec.model, weights_sha256=digest))
 
 
 def _spec_plugins(path: Path) -> tuple[str, ...]:

@@ -130,6 +130,17 @@ def print_front(study, show_all: bool = False) -> None:
     if counts is not None and len(counts):
         title += " (" + ", ".join(f"{v} {k.lower()}" for k, v in counts.items()) + ")"
     click.echo(title)
+    from mpsearch import trial as T
+    from mpsearch.float_start import FLOAT_START_ATTR, describe
+    from mpsearch.strategy import START_FLOAT
+
+    start = study.user_attrs.get(FLOAT_START_ATTR)
+    if isinstance(start, dict) and "val_accuracy" in start:
+        from optuna.trial import TrialState
+
+        shared = sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                     if t.user_attrs.get(T.ATTR_START) == START_FLOAT)
+        click.echo(f"float start: {describe(start, shared)}")
     if len(frame):
         click.echo(_trials_table(study, frame, show_all))
     else:

@@ -15,9 +15,11 @@ puts more pressure on cost), ``min_accuracy`` and ``spec_dict``::
             return {"lam": 0.1}
 
 Every trial is a real one, run in-process with :func:`mpsearch.trial.run_trial`:
-LeNet-5 on 1,000 images of the embedded MNIST subset, one epoch, on the CPU. A
-trial is run once per distinct (spec, strategy, params) in a test session and
-shared by the tests that read it; the reproducibility test runs its own.
+LeNet-5 on 1,000 images of the embedded MNIST subset, one epoch, on the CPU,
+from a float start trained once per test session (``[model] weights``), as a
+study's trials start. A trial is run once per distinct (spec, strategy, params)
+in a test session and shared by the tests that read it; the reproducibility test
+runs its own.
 """
 
 from __future__ import annotations
@@ -33,7 +35,9 @@ import pytest
 
 from mpsearch.assignment import PrecisionAssignment
 from mpsearch.spec import Param, SpecError, StudySpec, parse_spec
-from mpsearch.trial import ATTR_EPOCHS, ATTR_FAIL, ATTR_TEST_ACCURACY, TrialOutcome, run_trial
+from mpsearch.strategy import START_FLOAT, START_SCRATCH
+from mpsearch.trial import (ATTR_EPOCHS, ATTR_FAIL, ATTR_HISTORY, ATTR_START, ATTR_START_ACCURACY,
+                            ATTR_TEST_ACCURACY, TrialOutcome, run_trial)
 
 PREFIX = "conformance"
 
@@ -57,18 +61,38 @@ class TrialRun:
         return self.outcome.values[name or self.spec.cost_objectives[0]]
 
 
-def base_spec(strategy: str) -> dict[str, Any]:
-    """The suite's study: small enough for seconds per trial, real enough to learn."""
+FLOAT_START_EPOCHS = 2  # the suite's float start: LeNet-5 on the same 1,000 images
+
+
+def base_spec(strategy: str, weights: str | None = None) -> dict[str, Any]:
+    """The suite's study: small enough for seconds per trial, real enough to learn.
+
+    Args:
+        weights: the float start's state dict (``[model] weights``); None starts
+            trials from the seeded initialisation.
+    """
     return {
         "study": {"name": f"conformance-{strategy}", "objectives": ["accuracy", "bitops", "size"],
                   "n_trials": 1, "seed": 0},
-        "model": {"name": "lenet5"},
+        "model": {"name": "lenet5", **({"weights": weights} if weights else {})},
         "data": {"name": "mnist-mini", "validation_fraction": 0.1, "train_subset": 1000},
         # On the CPU: the reproducibility check needs deterministic kernels.
         "training": {"epochs": 1, "batch_size": 64, "device": "cpu"},
         "strategy": [{"name": strategy}],
         "resources": {"executor": "local"},
     }
+
+
+def train_float_start(folder: Path) -> str:
+    """Train the suite's float start into ``folder`` and return the path of its state dict."""
+    from mpsearch.float_start import make_float_start
+    from mpsearch.host import PluginHost
+
+    raw = base_spec("uniform")
+    raw["training"]["pretrain_epochs"] = FLOAT_START_EPOCHS
+    spec = parse_spec(raw)
+    record = make_float_start(spec, PluginHost(entry_points=False), Path(folder))
+    return record["path"]
 
 
 def _key(spec: Mapping[str, Any], strategy: str, params: Mapping[str, Any]) -> str:
@@ -107,10 +131,16 @@ class StrategyTestCase:
         return 0.5
 
     @pytest.fixture
-    def spec_dict(self, strategy_name: str) -> dict[str, Any]:
-        return base_spec(strategy_name)
+    def spec_dict(self, strategy_name: str, suite_float_start: str) -> dict[str, Any]:
+        return base_spec(strategy_name, weights=suite_float_start)
 
     # -- the suite's own fixtures -----------------------------------------------------
+
+    @pytest.fixture(scope="session")
+    @classmethod
+    def suite_float_start(cls, tmp_path_factory) -> str:
+        """The float start every suite trial starts from, trained once per session."""
+        return train_float_start(tmp_path_factory.mktemp("float-start"))
 
     @pytest.fixture(scope="session")
     @classmethod
@@ -168,6 +198,45 @@ class StrategyTestCase:
     def test_trial_completes(self, trial: TrialRun):
         assert trial.outcome.values is not None
         assert set(trial.outcome.values) == {"accuracy", *trial.spec.cost_objectives}
+
+    def test_starts_where_it_declares_and_never_pretrains(self, trial: TrialRun, strategy_host,
+                                                          strategy_name):
+        cls = strategy_host.strategies.get(strategy_name)
+        attrs = trial.outcome.attrs
+        assert attrs[ATTR_START] == (START_SCRATCH if cls.from_scratch else START_FLOAT)
+        if not cls.from_scratch:  # the float start's own accuracy is recorded: it was trained
+            assert attrs[ATTR_START_ACCURACY] > 0.5
+        phases = [row["phase"] for row in attrs[ATTR_HISTORY]]
+        assert "pretrain" not in phases
+
+    def test_the_host_legalises_and_fine_tunes_after_the_search(self, run_strategy_trial, spec_dict,
+                                                                strategy_name, params, context_of):
+        # The CPU backend runs 8 and 32 bits only: whatever widths the search picks,
+        # the host rounds them up, and fine-tuning (the last phase) runs at those.
+        raw = json.loads(json.dumps(spec_dict))
+        raw["backend"] = {"name": "cpu-int8"}
+        done = run_strategy_trial(raw, strategy_name, params)
+        assert not done.outcome.failed, done.outcome.attrs.get(ATTR_FAIL)
+        profile, backend, _ = context_of(done)
+        assert backend.is_legal(done.assignment())
+        phases = [row["phase"] for row in done.outcome.attrs[ATTR_HISTORY]]
+        if "finetune" in phases:  # nothing of the search after the fine-tuning began
+            first = phases.index("finetune")
+            assert set(phases[first:]) == {"finetune"}
+
+    def test_post_training_runs_at_zero_epochs_or_is_refused(self, strategy_host, strategy_name,
+                                                             spec_dict, params, run_strategy_trial):
+        cls = strategy_host.strategies.get(strategy_name)
+        raw = json.loads(json.dumps(spec_dict))
+        raw["training"]["epochs"] = 0
+        if not cls.post_training:
+            with pytest.raises(SpecError, match="epochs = 0"):
+                parse_spec(raw, host=strategy_host)
+            return
+        done = run_strategy_trial(raw, strategy_name, params)
+        assert not done.outcome.failed, done.outcome.attrs.get(ATTR_FAIL)
+        assert done.outcome.attrs[ATTR_EPOCHS] == 0
+        assert "finetune" not in [row["phase"] for row in done.outcome.attrs[ATTR_HISTORY]]
 
     def test_saved_assignment_matches_the_model_and_is_legal(self, trial: TrialRun, context_of):
         profile, backend, _ = context_of(trial)

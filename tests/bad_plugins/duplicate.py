@@ -7,7 +7,7 @@ from mpsearch.strategy import Strategy
 class Uniform(Strategy):
     """Not the built-in uniform strategy."""
 
-    def run(self, context, params):
+    def search(self, context, params):
         raise NotImplementedError
 
 

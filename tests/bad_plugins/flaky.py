@@ -21,7 +21,7 @@ from mpsearch import hookimpl
 from mpsearch.assignment import PrecisionAssignment
 from mpsearch.quant import quantize_at
 from mpsearch.spec import Param
-from mpsearch.strategy import Strategy, StrategyResult
+from mpsearch.strategy import SearchResult, Strategy
 
 MID_TRIAL = "the flaky strategy broke in the middle of its trial"
 
@@ -35,7 +35,7 @@ class Flaky(Strategy):
         "hold": Param(value=""),
     }
 
-    def run(self, context, params):
+    def search(self, context, params):
         if params["behaviour"] == "hold":
             if params["hold"]:  # tells the test that this trial is inside its strategy
                 Path(f"{params['hold']}.holding").touch()
@@ -54,7 +54,7 @@ class Flaky(Strategy):
             return {}
 
         context.fit(model, params["fraction"], on_epoch=on_epoch)
-        return StrategyResult(model, a, context.epochs_trained, {})
+        return SearchResult(model, a, 0.0, {})
 
 
 @hookimpl
