@@ -404,6 +404,8 @@ def _run(spec: StudySpec, number: int, seed: int, strategy_name: str, params: Ma
         assignment.replace(model=spec.model.name, strategy=strategy_name).save(folder / "assignment.json")
         torch.save({k: v.detach().cpu() for k, v in result.model.state_dict().items()},
                    folder / "model.pt")
+        from mpsearch.export import save_trial_model  # the deployable model: packed integers, model.mpq
+        attrs.update(save_trial_model(result.model, folder, spec, number, val))
         (folder / "params.json").write_text(json.dumps(dict(params), indent=1) + "\n")
         attrs[ATTR_ARTEFACTS] = str(folder)
     return TrialOutcome(values, attrs)
