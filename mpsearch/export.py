@@ -798,6 +798,154 @@ def load_trial(study: Any, trial: int, storage: str | None = None, host: Any = N
     return TrialModel(model, PrecisionAssignment.load(path), meta)
 
 
+# -- choosing and exporting a trial ----------------------------------------------------------------
+
+RECORDED = ("test_accuracy", "average_weight_bits", "average_activation_bits")
+_COMPARE = {"<=": lambda a, b: a <= b, ">=": lambda a, b: a >= b, "<": lambda a, b: a < b,
+            ">": lambda a, b: a > b, "==": lambda a, b: a == b}
+
+
+def _value(study: Any, t: Any, name: str) -> float:
+    from mpsearch import report
+
+    names = report.objective_names(study)
+    if name in names:
+        return float(t.values[names.index(name)])
+    value = t.user_attrs.get(name)
+    return math.nan if value is None else float(value)
+
+
+def _check_name(study: Any, name: str, option: str) -> None:
+    from mpsearch import report
+    from mpsearch.errors import UnknownNameError
+
+    known = [*report.objective_names(study), *RECORDED]
+    if name not in known:
+        raise UnknownNameError(f"{option} name", name, known)
+
+
+def parse_where(study: Any, text: str) -> tuple[str, str, float]:
+    """``"bitops<=0.03"`` -> ``("bitops", "<=", 0.03)``, the name checked against the study.
+
+    Raises:
+        MpsearchError: not ``NAME OP NUMBER``, or a name the study does not record.
+    """
+    import re
+
+    match = re.fullmatch(r"\s*([A-Za-z_][\w@.:-]*)\s*(<=|>=|==|<|>)\s*([-+]?[0-9.]+(?:[eE][-+]?\d+)?)\s*", text)
+    if match is None:
+        raise MpsearchError(f"--where {text!r}: write NAME<=NUMBER (or <, >=, >, ==), e.g. \"bitops<=0.03\".")
+    name, op, number = match.groups()
+    _check_name(study, name, "--where")
+    try:
+        return name, op, float(number)
+    except ValueError:
+        raise MpsearchError(f"--where {text!r}: {number!r} is not a number.") from None
+
+
+def pick_trial(study: Any, trial: str, where: Sequence[str] = (), by: str | None = None) -> Any:
+    """The trial ``trial`` names: a number, or ``"best"``: the front's best by ``by`` under ``where``.
+
+    ``best`` looks only at the Pareto front (``study.best_trials``), keeps the trials
+    that meet every ``where`` condition and takes the one with the best ``by``
+    (default accuracy) in its objective's direction (lower is better for a cost;
+    ties go to the lower number).
+
+    Raises:
+        MpsearchError: an unknown trial or name, a malformed condition, ``where``/``by``
+            with a trial number, or no trial on the front that meets the conditions.
+    """
+    from mpsearch import report
+
+    text = str(trial).strip()
+    if text != "best":
+        if where or by:
+            raise MpsearchError("--where and --by choose among the Pareto front; use them with --trial best.")
+        if not text.isdigit():
+            raise MpsearchError(f"--trial {text!r}: give a trial number or 'best'.")
+        return _trial(study, int(text))
+    conditions = [parse_where(study, w) for w in where]
+    names = report.objective_names(study)
+    by = by or (report.ACCURACY if report.ACCURACY in names else names[0])
+    _check_name(study, by, "--by")
+    front = sorted(study.best_trials, key=lambda t: t.number)
+    if not front:
+        raise MpsearchError(f"study {study.study_name!r} has no completed trial yet.")
+    kept = [t for t in front if all(_COMPARE[op](_value(study, t, n), v) for n, op, v in conditions)]
+    if not kept:
+        shown = "; ".join(f"{n} {min(_value(study, t, n) for t in front):.4g}-"
+                          f"{max(_value(study, t, n) for t in front):.4g}" for n in dict.fromkeys(c[0] for c in conditions))
+        raise MpsearchError(f"no trial on the Pareto front of study {study.study_name!r} has "
+                            f"{' and '.join(''.join((n, op, f'{v:g}')) for n, op, v in conditions)} "
+                            f"(the front's {len(front)} trial(s) span {shown}).")
+    lower = report.directions(study)[by] == "minimize" if by in names else by != "test_accuracy"
+    ranked = [t for t in kept if not math.isnan(_value(study, t, by))] or kept
+    return min(ranked, key=lambda t: ((1 if lower else -1) * _value(study, t, by), t.number))
+
+
+def export_trial(study: Any, t: Any, output: str | Path, *, force: bool = False, host: Any = None,
+                 storage_url: str | None = None) -> tuple[Path, int]:
+    """Write trial ``t``'s model to ``output`` (``.onnx`` or ``.mpq`` by its suffix); returns the path and bytes.
+
+    The file is written beside the output under a temporary name and moved into
+    place, so an existing file is replaced only with ``force``, and never half-written.
+    An export is registered as an artifact of the study (see :mod:`mpsearch.artifacts`).
+
+    Raises:
+        MpsearchError: an unknown suffix, an existing output without ``force``, a missing
+            folder, or the trial's artefacts are missing.
+    """
+    import os
+    import tempfile
+
+    from mpsearch.assignment import PrecisionAssignment
+
+    path = Path(output)
+    check_output(path, force)
+    folder = trial_folder(study, t)
+    packed = folder / PACKED_NAME
+    model = load_packed(packed, host)
+    info = packed_metadata(packed)
+    assignment = PrecisionAssignment.load(folder / "assignment.json")
+    meta = {**info["metadata"], **trial_metadata(study, t), "mpsearch.model": info["model"]["name"]}
+    data, arrays = assignment.to_dict()
+    for entry in data["groups"].values():  # every width inline: the ONNX file carries no sidecar
+        if isinstance(entry["bits"], dict) and "sidecar" in entry["bits"]:
+            entry["bits"] = {"shape": entry["bits"]["shape"],
+                             "values": arrays[entry["bits"]["sidecar"]].reshape(-1).astype(int).tolist()}
+    meta["mpsearch.assignment"] = data
+    meta["mpsearch.assignment_layers"] = json.loads(assignment.to_frame().reset_index().to_json(orient="records"))
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        if path.suffix == ".onnx":
+            save_onnx(model, temporary, info["model"]["input_shape"], meta)
+        else:
+            save_packed(model, temporary, model_name=info["model"]["name"], num_classes=info["model"]["num_classes"],
+                        input_shape=info["model"]["input_shape"], metadata=meta)
+        os.replace(temporary, path)
+    finally:
+        Path(temporary).unlink(missing_ok=True)
+    if storage_url is not None:
+        from mpsearch.artifacts import register_export
+
+        register_export(study, storage_url, t.number, path)
+    return path, path.stat().st_size
+
+
+def check_output(path: Path, force: bool) -> None:
+    """Refuse an unknown suffix, a missing folder, or an existing file without ``force``."""
+    if path.suffix not in SUFFIXES:
+        raise MpsearchError(f"output {str(path)!r}: unknown suffix {path.suffix or '(none)'!r}; use .onnx "
+                            f"(ONNX with QuantizeLinear/DequantizeLinear) or .mpq (packed integers).")
+    if path.is_dir():
+        raise MpsearchError(f"output {str(path)!r} is a folder; give a file name ending in .onnx or .mpq.")
+    if path.exists() and not force:
+        raise MpsearchError(f"output {str(path)!r} exists; add --force to replace it.")
+    if not path.parent.is_dir():
+        raise MpsearchError(f"output {str(path)!r}: the folder {str(path.parent)!r} does not exist.")
+
+
 __all__ = ["EVAL_BATCH", "LayerForms", "PACKED_NAME", "PackedSize", "TrialModel", "float_onnx", "layer_forms",
-           "load_packed", "load_trial", "packed_metadata", "preprocessing", "read_packed", "save_onnx",
+           "load_packed", "load_trial", "packed_metadata", "pick_trial", "export_trial", "preprocessing", "read_packed", "save_onnx",
            "save_packed", "save_trial_model", "to_onnx", "trial_folder", "trial_metadata"]
