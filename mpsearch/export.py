@@ -908,13 +908,8 @@ def export_trial(study: Any, t: Any, output: str | Path, *, force: bool = False,
     info = packed_metadata(packed)
     assignment = PrecisionAssignment.load(folder / "assignment.json")
     meta = {**info["metadata"], **trial_metadata(study, t), "mpsearch.model": info["model"]["name"]}
-    data, arrays = assignment.to_dict()
-    for entry in data["groups"].values():  # every width inline: the ONNX file carries no sidecar
-        if isinstance(entry["bits"], dict) and "sidecar" in entry["bits"]:
-            entry["bits"] = {"shape": entry["bits"]["shape"],
-                             "values": arrays[entry["bits"]["sidecar"]].reshape(-1).astype(int).tolist()}
-    meta["mpsearch.assignment"] = data
-    meta["mpsearch.assignment_layers"] = json.loads(assignment.to_frame().reset_index().to_json(orient="records"))
+    if path.suffix == ".onnx":  # a packed file holds the widths themselves
+        meta.update(assignment_metadata(assignment))
     fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
     try:
@@ -933,6 +928,34 @@ def export_trial(study: Any, t: Any, output: str | Path, *, force: bool = False,
     return path, path.stat().st_size
 
 
+def assignment_metadata(assignment: Any) -> dict[str, Any]:
+    """The assignment as ONNX metadata: its JSON, its sidecar (base64 of the ``.npz``) if it has one,
+    and a per-layer summary."""
+    import base64
+
+    data, arrays = assignment.to_dict()
+    meta: dict[str, Any] = {"mpsearch.assignment": data}
+    if arrays:
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **arrays)
+        meta["mpsearch.assignment_sidecar"] = base64.b64encode(buffer.getvalue()).decode()
+    meta["mpsearch.assignment_layers"] = json.loads(assignment.to_frame().reset_index().to_json(orient="records"))
+    return meta
+
+
+def assignment_from_metadata(meta: Mapping[str, str]) -> Any:
+    """The assignment an exported ONNX file's ``metadata_props`` (as a dict) carry."""
+    import base64
+
+    from mpsearch.assignment import PrecisionAssignment
+
+    arrays = None
+    if "mpsearch.assignment_sidecar" in meta:
+        arrays = dict(np.load(io.BytesIO(base64.b64decode(meta["mpsearch.assignment_sidecar"]))))
+    return PrecisionAssignment.from_dict(json.loads(meta["mpsearch.assignment"]), arrays,
+                                         source="the ONNX file's mpsearch.assignment")
+
+
 def check_output(path: Path, force: bool) -> None:
     """Refuse an unknown suffix, a missing folder, or an existing file without ``force``."""
     if path.suffix not in SUFFIXES:
@@ -946,6 +969,6 @@ def check_output(path: Path, force: bool) -> None:
         raise MpsearchError(f"output {str(path)!r}: the folder {str(path.parent)!r} does not exist.")
 
 
-__all__ = ["EVAL_BATCH", "LayerForms", "PACKED_NAME", "PackedSize", "TrialModel", "float_onnx", "layer_forms",
+__all__ = ["EVAL_BATCH", "LayerForms", "assignment_from_metadata", "assignment_metadata", "PACKED_NAME", "PackedSize", "TrialModel", "float_onnx", "layer_forms",
            "load_packed", "load_trial", "packed_metadata", "pick_trial", "export_trial", "preprocessing", "read_packed", "save_onnx",
            "save_packed", "save_trial_model", "to_onnx", "trial_folder", "trial_metadata"]

@@ -21,7 +21,7 @@ from click.testing import CliRunner
 
 import mpsearch
 from mpsearch.cli import cli
-from mpsearch.export import load_packed, read_packed
+from mpsearch.export import assignment_from_metadata, load_packed, read_packed
 from mpsearch.host import PluginHost
 from mpsearch.spec import load_spec
 from mpsearch.study import create_study, run_study
@@ -117,8 +117,7 @@ def test_an_exported_onnx_model_scores_the_recorded_test_accuracy(number, study_
     assert json.loads(meta["mpsearch.input_shape"]) == [1, 28, 28]
     assert json.loads(meta["mpsearch.test_accuracy"]) == trial.user_attrs["test_accuracy"]
     assert json.loads(meta["mpsearch.bitops"]) == trial.values[1]
-    assignment = mpsearch.PrecisionAssignment.from_dict(json.loads(meta["mpsearch.assignment"]))
-    assert assignment == loaded.assignment
+    assert assignment_from_metadata(meta) == loaded.assignment
 
 
 def test_load_trial_gives_the_trials_model(study_db, test_split):
