@@ -390,8 +390,12 @@ class _Graph:
         array = np.asarray(value)
         if onnx_type is None:
             onnx_type = TP.INT64 if array.dtype.kind in "iu" else TP.FLOAT
-        if onnx_type in (TP.INT4, TP.UINT4):
-            tensor = helper.make_tensor(name, onnx_type, list(array.shape), array.reshape(-1).tolist())
+        if onnx_type in (TP.INT4, TP.UINT4):  # two to a byte, the first in the low nibble
+            nibbles = array.astype(np.int64).reshape(-1) & 0xF
+            if nibbles.size % 2:
+                nibbles = np.append(nibbles, 0)
+            raw = (nibbles[0::2] | (nibbles[1::2] << 4)).astype(np.uint8).tobytes()
+            tensor = helper.make_tensor(name, onnx_type, list(array.shape), raw, raw=True)
         else:
             np_type = self.onnx.helper.tensor_dtype_to_np_dtype(onnx_type)
             tensor = self.onnx.numpy_helper.from_array(array.astype(np_type), name)

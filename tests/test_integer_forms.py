@@ -214,7 +214,11 @@ def test_a_wrong_form_fails_the_check():
 
 
 @pytest.mark.parametrize("seed", range(5))
-def test_bit_streams_round_trip_at_mixed_widths(seed):
+@pytest.mark.parametrize("chunk", [7, 1 << 20])
+def test_bit_streams_round_trip_at_mixed_widths(seed, chunk, monkeypatch):
+    import mpsearch.quant.integer as integer
+
+    monkeypatch.setattr(integer, "CHUNK", chunk)  # also across the steps a large tensor is packed in
     g = np.random.default_rng(seed)
     widths = g.integers(0, 33, 1000)
     values = (g.integers(0, 2**32, 1000, dtype=np.uint64) & ((np.uint64(1) << widths.astype(np.uint64))
@@ -222,3 +226,6 @@ def test_bit_streams_round_trip_at_mixed_widths(seed):
     data = pack_bits(Packed(values, widths))
     assert len(data) == (int(widths.sum()) + 7) // 8
     assert np.array_equal(unpack_bits(data, widths, 1000), values)
+    same = values & np.uint64(0x1F)  # one width for all: the fast path
+    data = pack_bits(Packed(same, 5))
+    assert len(data) == (5000 + 7) // 8 and np.array_equal(unpack_bits(data, 5, 1000), same)

@@ -69,17 +69,30 @@ class Packed:
         return int(np.asarray(self.widths, dtype=np.int64).sum())
 
 
+CHUNK = 1 << 20  # values per step of packing: bounds the index arrays of a large tensor
+
+
+def _stream_bits(values: np.ndarray, widths: np.ndarray) -> np.ndarray:
+    """One uint8 (0 or 1) per bit of ``values`` at ``widths``, least significant bits first."""
+    if values.size and (widths == widths[0]).all():
+        shifts = np.arange(int(widths[0]), dtype=np.uint64)
+        return np.concatenate([((values[i:i + CHUNK, None] >> shifts) & np.uint64(1)).astype(np.uint8).reshape(-1)
+                               for i in range(0, values.size, CHUNK)] or [np.zeros(0, np.uint8)])
+    parts = []
+    for i in range(0, values.size, CHUNK):
+        v, w = values[i:i + CHUNK], widths[i:i + CHUNK]
+        total = int(w.sum())
+        owner = np.repeat(np.arange(v.size), w)
+        position = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(w) - w, w)
+        parts.append(((v[owner] >> position.astype(np.uint64)) & np.uint64(1)).astype(np.uint8))
+    return np.concatenate(parts) if parts else np.zeros(0, np.uint8)
+
+
 def pack_bits(packed: Packed) -> bytes:
     """The bit stream of ``packed``: each value's ``width`` low bits, least significant first."""
     values = np.asarray(packed.values, dtype=np.uint64).reshape(-1)
     widths = np.broadcast_to(np.asarray(packed.widths, dtype=np.int64), values.shape)
-    total = int(widths.sum())
-    if total == 0:
-        return b""
-    owner = np.repeat(np.arange(values.size), widths)
-    position = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(widths) - widths, widths)
-    bit = (values[owner] >> position.astype(np.uint64)) & np.uint64(1)
-    return np.packbits(bit.astype(np.uint8), bitorder="little").tobytes()
+    return np.packbits(_stream_bits(values, widths), bitorder="little").tobytes()
 
 
 def unpack_bits(data: bytes, widths: np.ndarray | int, count: int) -> np.ndarray:
@@ -89,11 +102,19 @@ def unpack_bits(data: bytes, widths: np.ndarray | int, count: int) -> np.ndarray
     out = np.zeros(count, dtype=np.uint64)
     if total == 0:
         return out
-    bit = np.unpackbits(np.frombuffer(data, dtype=np.uint8), count=total, bitorder="little")
-    owner = np.repeat(np.arange(count), widths)
-    position = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(widths) - widths, widths)
-    weights = bit.astype(np.uint64) << position.astype(np.uint64)
-    np.add.at(out, owner, weights)
+    bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8), count=total, bitorder="little")
+    starts = np.cumsum(widths) - widths
+    for i in range(0, count, CHUNK):
+        w = widths[i:i + CHUNK]
+        first, size = int(starts[i]), int(w.sum())
+        chunk = bits[first:first + size].astype(np.uint64)
+        if (w == w[0]).all():
+            shifts = np.arange(int(w[0]), dtype=np.uint64)
+            out[i:i + w.size] = (chunk.reshape(w.size, -1) << shifts).sum(1) if w[0] else 0
+            continue
+        owner = np.repeat(np.arange(w.size), w)
+        position = np.arange(size, dtype=np.int64) - np.repeat(np.cumsum(w) - w, w)
+        np.add.at(out[i:i + w.size], owner, chunk << position.astype(np.uint64))
     return out
 
 
