@@ -642,6 +642,8 @@ def to_onnx(model: nn.Module, input_shape: Sequence[int], metadata: Mapping[str,
     before: dict[int, list] = {}
     dropped = set()
     for name, f in forms.items():
+        if f.weight is None and f.input is None:
+            continue
         key = f"{name}.weight"
         users = consumers.get(key, [])
         if not users or key not in initializers:
