@@ -9,4 +9,16 @@ from mpsearch.errors import MpsearchError
 from mpsearch.hookspecs import hookimpl
 
 __version__ = "0.1.0"
-__all__ = ["PrecisionAssignment", "MpsearchError", "hookimpl", "__version__"]
+__all__ = ["PrecisionAssignment", "MpsearchError", "hookimpl", "load_trial", "__version__"]
+
+
+def load_trial(study, trial: int, storage: str | None = None, host=None):
+    """A COMPLETE trial's quantized model, its assignment and what the study recorded.
+
+    Returns a :class:`mpsearch.export.TrialModel` ``(model, assignment, metadata)``; the
+    model is rebuilt from the trial's packed file and computes what the trial's model
+    computed. See :func:`mpsearch.export.load_trial`.
+    """
+    from mpsearch.export import load_trial as load
+
+    return load(study, trial, storage=storage, host=host)

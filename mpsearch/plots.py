@@ -42,15 +42,33 @@ def _front_2d(acc: np.ndarray, cost: np.ndarray, minimise: bool) -> np.ndarray:
     return np.asarray(keep, dtype=int)
 
 
-def plot_front(study: optuna.Study, path: str | Path) -> Path:
-    """Accuracy against each cost, one panel per cost, one colour per strategy.
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">", "p")
+FIT_MARGIN = 1.0  # below the front's lowest accuracy, as much again as the front spans stays in view
+COLLAPSED = 0.5  # a front point below this share of the best accuracy is an outlier, not fitted
 
-    Failed and running trials are left out. Each panel draws as a step line the
-    front of its own two objectives (with one cost, the study's Pareto front).
 
-    Raises:
-        MpsearchError: the study has no cost objective or the file cannot be written.
-    """
+def _style(k: int, plt) -> dict[str, Any]:
+    """Strategy ``k``'s colour and marker shape: told apart in greyscale too."""
+    return {"color": plt.get_cmap("tab10")(k % 10), "marker": MARKERS[k % len(MARKERS)]}
+
+
+def _enqueued(study: optuna.Study) -> dict[int, str]:
+    """Trial number -> a label for the points the spec enqueued (the baselines a front is read against)."""
+    labels = {}
+    trials = study.get_trials(deepcopy=False)
+    fixed_of = {t.number: t.system_attrs.get("fixed_params") for t in trials}
+    for t in trials:
+        fixed = fixed_of[t.number]
+        retry_of = t.user_attrs.get("retry_of")  # a re-queued trial is a baseline only if its original was
+        if fixed and (retry_of is None or fixed_of.get(int(retry_of))):
+            strategy = t.user_attrs.get(T.ATTR_STRATEGY) or fixed.get("strategy", "")
+            params = ", ".join(f"{k.split('.', 1)[-1]}={v}" for k, v in fixed.items() if k != "strategy")
+            labels[t.number] = f"{strategy} {params}".strip()
+    return labels
+
+
+def front_figure(study: optuna.Study):
+    """The figure :func:`plot_front` saves (the caller closes it)."""
     plt = _pyplot()
     costs = report.cost_names(study)
     if not costs or report.ACCURACY not in report.objective_names(study):
@@ -59,25 +77,121 @@ def plot_front(study: optuna.Study, path: str | Path) -> Path:
     dirs = report.directions(study)
     frame = report.trials_frame(study)
     done = frame[frame["state"] == "COMPLETE"]
-    fig, axes = plt.subplots(1, len(costs), figsize=(5.2 * len(costs), 4.2), squeeze=False)
-    colours = plt.get_cmap("tab10")
+    labels = _enqueued(study)
+    fig, axes = plt.subplots(1, len(costs), figsize=(5.6 * len(costs), 4.4), squeeze=False)
     strategies = list(dict.fromkeys(done["strategy"].fillna("?")))
     for ax, cost in zip(axes[0], costs):
+        acc, val = done[report.ACCURACY].to_numpy(float), done[cost].to_numpy(float)
+        idx = _front_2d(acc, val, dirs[cost] == "minimize") if len(done) else np.array([], int)
+        floor = -np.inf
+        if len(idx):
+            hi = acc[idx].max()
+            kept = acc[idx][acc[idx] >= COLLAPSED * hi]  # a collapsed trial may be the cheapest on the front
+            lo = kept.min()
+            span = max(hi - lo, 0.01)
+            floor = lo - FIT_MARGIN * span
+            ax.set_ylim(floor - 0.04 * span, min(hi + 0.08 * span, 1.0 + 0.02 * span))
+            ax.step(val[idx], acc[idx], where="post" if dirs[cost] == "minimize" else "pre", color="black",
+                    linewidth=1.0, label="Pareto front", zorder=2)
+        below = 0
         for k, strategy in enumerate(strategies):
-            own = done[done["strategy"].fillna("?") == strategy]
-            ax.scatter(own[cost], own[report.ACCURACY], s=22, color=colours(k % 10), label=strategy,
-                       alpha=0.85, zorder=3)
-        if len(done):
-            acc, val = done[report.ACCURACY].to_numpy(float), done[cost].to_numpy(float)
-            idx = _front_2d(acc, val, dirs[cost] == "minimize")
-            ax.step(val[idx], acc[idx], where="post", color="black", linewidth=1.0,
-                    label="Pareto front", zorder=2)
+            own = done["strategy"].fillna("?").to_numpy() == strategy
+            style = _style(k, plt)
+            inside, out = own & (acc >= floor), own & (acc < floor)
+            ax.scatter(val[inside], acc[inside], s=30, color=style["color"], marker=style["marker"],
+                       edgecolors="black", linewidths=0.4, label=strategy, zorder=3)
+            if out.any():  # an outlier (a collapsed trial) drawn at the edge, hollow
+                ax.scatter(val[out], np.full(int(out.sum()), floor), s=30, marker=style["marker"],
+                           facecolors="none", edgecolors=style["color"], linewidths=1.0, zorder=3, clip_on=False)
+                below += int(out.sum())
+        if below:
+            ax.axhline(floor, color="grey", linewidth=0.6, linestyle=":", zorder=1)
+            ax.annotate(f"{below} trial(s) below {floor:.3g}, drawn hollow at the edge", (0.99, 0.02),
+                        xycoords="axes fraction", ha="right", fontsize="x-small", color="dimgrey")
+        numbers = done["number"].to_numpy()
+        for i, number in enumerate(numbers):
+            if int(number) in labels:
+                ax.annotate(labels[int(number)], (val[i], max(acc[i], floor)), textcoords="offset points",
+                            xytext=(4, 4), fontsize="x-small")
+        if len(val) and (val > 0).all():
+            ax.set_xscale("log")  # costs span decades: a linear axis crowds all but the largest
         ax.set_xlabel(f"{cost} [{unit[cost]}]" if unit.get(cost) else cost)
         ax.set_ylabel("validation accuracy")
-        ax.grid(True, alpha=0.3)
+        ax.grid(True, which="both", alpha=0.3)
     if strategies:
         axes[0][0].legend(fontsize="small")
     fig.suptitle(f"{study.study_name}: {len(done)} completed trials")
+    fig.tight_layout()
+    return fig
+
+
+def plot_front(study: optuna.Study, path: str | Path) -> Path:
+    """Accuracy against each cost, one panel per cost, each strategy its colour and marker shape.
+
+    Failed and running trials are left out. Each panel draws as a step line the
+    front of its own two objectives (with one cost, the study's Pareto front). The
+    cost axis is logarithmic (costs span decades); the accuracy axis is fitted to
+    the front's points above half its best accuracy, and trials below it (collapsed
+    ones) are drawn hollow at its lower edge and counted. Points the spec enqueued
+    (baselines) are labelled.
+
+    Raises:
+        MpsearchError: the study has no cost objective or the file cannot be written.
+    """
+    plt = _pyplot()
+    return _save(front_figure(study), plt, path)
+
+
+def hypervolume_history(study: optuna.Study) -> Any:
+    """Hypervolume of the completed trials up to each trial number, in all and per strategy.
+
+    Returns a frame indexed by trial number, one column ``all`` and one per
+    strategy (each with its own trials only), with the study's reference point
+    (:func:`mpsearch.report.reference_point`).
+    """
+    import pandas as pd
+
+    from mpsearch.hypervolume import hypervolume
+
+    reference = report.reference_point(study)
+    names = report.objective_names(study)
+    dirs = [report.directions(study)[n] for n in names]
+    ref = [reference.values[n] for n in names]
+    done = report.trials_frame(study).query("state == 'COMPLETE'").sort_values("number")
+    strategies = list(dict.fromkeys(done["strategy"].fillna("?")))
+    rows = []
+    for i in range(len(done)):
+        seen = done.iloc[: i + 1]
+        row = {"number": int(done["number"].iloc[i]), "all": hypervolume(seen[names].to_numpy(float), ref, dirs)}
+        for strategy in strategies:
+            own = seen[seen["strategy"].fillna("?") == strategy]
+            row[strategy] = hypervolume(own[names].to_numpy(float), ref, dirs) if len(own) else 0.0
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["number", "all", *strategies]).set_index("number")
+
+
+def plot_hypervolume_history(study: optuna.Study, path: str | Path) -> Path:
+    """The hypervolume as trials complete: the study's, and each strategy's own (its marker shape).
+
+    Raises:
+        MpsearchError: the file cannot be written.
+    """
+    plt = _pyplot()
+    history = hypervolume_history(study)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    if len(history):
+        ax.step(history.index, history["all"], where="post", color="black", linewidth=1.6, label="all strategies")
+        for k, strategy in enumerate(history.columns[1:]):
+            style = _style(k, plt)
+            ax.step(history.index, history[strategy], where="post", color=style["color"], linewidth=1.0,
+                    marker=style["marker"], markersize=4, markevery=max(1, len(history) // 12), label=strategy)
+    reference = report.reference_point(study)
+    ax.set_xlabel("trial number")
+    ax.set_ylabel("hypervolume")
+    ax.set_title(f"{study.study_name}: hypervolume; reference {reference.describe(report.units(study))}",
+                 fontsize="small")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
     fig.tight_layout()
     return _save(fig, plt, path)
 

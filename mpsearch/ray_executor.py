@@ -143,6 +143,9 @@ def _searcher_class():
                 attrs = json.loads(result.get(ATTRS, "{}"))
                 for key, value in attrs.items():
                     ot_trial.set_user_attr(key, value)
+                from mpsearch.artifacts import register_trial_artefacts  # listed by Optuna Dashboard
+
+                register_trial_artefacts(self._ot_study, ot_trial, attrs)
                 if VALUES in result:
                     found = json.loads(result[VALUES])
                     values = [found.get(n) for n in self._objective_names]

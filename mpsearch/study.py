@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,6 +117,9 @@ def create_study(spec: StudySpec, storage_url: str | None, host) -> Any:
     directions = [o.direction for o in spec.study.objectives]
     study = optuna.create_study(study_name=spec.name, storage=storage, directions=directions,
                                 sampler=make_sampler(spec))
+    with warnings.catch_warnings():  # experimental since Optuna 3.2; what its CLI, plots and dashboard read
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([o.name for o in spec.study.objectives])
     study.set_user_attr(SPEC_ATTR, spec.to_dict())
     study.set_user_attr(OBJECTIVES_ATTR, [o.name for o in spec.study.objectives])
     study.set_user_attr(UNITS_ATTR, {n: host.objectives.get(n).unit for n in spec.cost_objectives})
@@ -188,6 +192,9 @@ def record(study, trial, spec: StudySpec, outcome: TrialOutcome, driver: Driver 
         return
     for key, value in _json_safe(outcome.attrs).items():
         trial.set_user_attr(key, value)
+    from mpsearch.artifacts import register_trial_artefacts  # listed by Optuna Dashboard
+
+    register_trial_artefacts(study, trial, outcome.attrs)
     if outcome.failed:
         study.tell(trial, state=TrialState.FAIL)
     else:

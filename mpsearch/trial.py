@@ -426,6 +426,9 @@ def _run(spec: StudySpec, number: int, seed: int, strategy_name: str, params: Ma
         folder.mkdir(parents=True, exist_ok=True)
         legal.replace(model=spec.model.name, strategy=strategy_name).save(folder / "assignment.json")
         torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, folder / "model.pt")
+        from mpsearch.export import save_trial_model  # the deployable model: packed integers, model.mpq
+
+        attrs.update(save_trial_model(model, folder, spec, number, context.val))
         (folder / "params.json").write_text(json.dumps(dict(params), indent=1) + "\n")
         attrs[ATTR_ARTEFACTS] = str(folder)
     return TrialOutcome(values, attrs)

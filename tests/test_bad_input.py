@@ -308,6 +308,21 @@ def weights(kind: str) -> Callable:
     return prepare
 
 
+def other_study(*behaviours: str, remove: str | None = None) -> Callable:
+    """Study ``bad`` in ``{dir}/other.db`` whose trials run the flaky strategy's ``behaviours``;
+    ``remove`` deletes that file from trial 0's artefacts."""
+
+    def prepare(folder: Path) -> None:
+        flaky(*behaviours)(folder)
+        result = run("study", "create", str(folder / "bad.toml"), "--storage",
+                     f"sqlite:///{folder / 'other.db'}", "--executor", "local", "--quiet")
+        assert result.exit_code == 0, result.output
+        if remove is not None:
+            (folder / "mpsearch-studies" / "bad" / "trial-00000" / remove).unlink()
+
+    return prepare
+
+
 WITH_WEIGHTS = ('name = "lenet5"', 'name = "lenet5"\nweights = "w.pt"')
 
 
@@ -330,10 +345,25 @@ def no_trial_ran(folder: Path, url: str, outcome: Outcome) -> None:
     assert not (folder / "mpsearch-studies" / "weighted" / "float-start.pt").exists()
 
 
+def no_file(name: str, content: str | None = None) -> Callable:
+    """Afterwards ``{dir}/name`` is absent, or still holds ``content``."""
+
+    def check(folder: Path, url: str, outcome: Outcome) -> None:
+        path = folder / name
+        if content is None:
+            assert not path.exists() and not list(folder.glob(f".{name}.*"))
+        else:
+            assert path.read_text() == content
+
+    return check
+
+
 # A plugin file that is not Python; written at test time, so that linters never read it.
 SYNTAX_ERROR = '"""A plugin with a syntax error."""\n\ndef register_strategies(register:\n    pass\n'
 CREATE = ["study", "create", "{dir}/bad.toml", "--storage", "{url}", "--executor", "local", "--quiet"]
 SHOW = ["study", "show", BASE, "--storage"]
+EXPORT = ["export", BASE, "--storage", "{url}"]
+OTHER = ["export", "bad", "--storage", "sqlite:///{dir}/other.db"]
 
 CASES = [
     # -- the spec ----------------------------------------------------------------------
@@ -451,6 +481,29 @@ CASES = [
                                             "--executor", "local", "--quiet"],
          ("w.pt", "has changed since study 'weighted' was created", "sha256"),
          prepare=weights_changed_after_creation, check=no_trial_ran),
+    # -- export --------------------------------------------------------------------------
+    Case("export-unknown-trial", [*EXPORT, "--trial", "7", "-o", "{dir}/m.onnx"],
+         ("study 'base' has no trial 7", "trials: 0-2"), check=no_file("m.onnx")),
+    Case("export-failed-trial", [*OTHER, "--trial", "0", "-o", "{dir}/m.onnx"],
+         ("trial 0 of study 'bad' is FAIL", "the flaky strategy broke", "only a COMPLETE trial"),
+         prepare=other_study("raise"), check=no_file("m.onnx")),
+    Case("export-artefacts-missing", [*OTHER, "--trial", "0", "-o", "{dir}/m.mpq"],
+         ("trial 0 of study 'bad'", "trial-00000/model.mpq", "is missing"),
+         prepare=other_study("ok", remove="model.mpq"), check=no_file("m.mpq")),
+    Case("export-output-exists", [*EXPORT, "--trial", "0", "-o", "{dir}/m.onnx"],
+         ("m.onnx", "exists; add --force to replace it"), prepare=write("m.onnx", "keep me"),
+         check=no_file("m.onnx", "keep me")),
+    Case("export-unknown-suffix", [*EXPORT, "--trial", "0", "-o", "{dir}/m.pt"],
+         ("m.pt", "unknown suffix '.pt'", "use .onnx", ".mpq"), check=no_file("m.pt")),
+    Case("export-trial-not-a-number", [*EXPORT, "--trial", "last", "-o", "{dir}/m.onnx"],
+         ("--trial 'last'", "a trial number or 'best'")),
+    Case("export-where-malformed", [*EXPORT, "--trial", "best", "--where", "bitops<<1", "-o", "{dir}/m.onnx"],
+         ("--where 'bitops<<1'", "NAME<=NUMBER")),
+    Case("export-where-unknown-name", [*EXPORT, "--trial", "best", "--where", "bitop<=1", "-o", "{dir}/m.onnx"],
+         ("--where name", "'bitop'", "Did you mean 'bitops'")),
+    Case("export-nothing-meets-the-condition",
+         [*EXPORT, "--trial", "best", "--where", "bitops<=0", "-o", "{dir}/m.onnx"],
+         ("no trial on the Pareto front of study 'base' has bitops<=0", "span bitops"), check=no_file("m.onnx")),
     Case("debug-shows-the-traceback", ["--debug", *SHOW, "sqlite:///{dir}/notes.db"],
          ("MpsearchError", "notes.db", "is not an SQLite database"), prepare=write("notes.db", "x\n"),
          how=in_a_process, traceback=True),

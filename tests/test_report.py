@@ -338,6 +338,56 @@ def test_front_and_layer_bits_plots_are_pngs(demo, tmp_path):
     assert front[..., :3].std() > 0.05  # something was drawn
 
 
+# (strategy, accuracy, GBitOPs, enqueued params): most points in the leftmost 3 % of a linear axis
+WIDE = [("uniform", 0.985, 0.15, {"uniform.bits": 8}), ("uniform", 0.975, 0.04, {"uniform.bits": 4}),
+        ("bitpruning", 0.98, 0.02, None), ("bitpruning", 0.97, 0.01, None), ("bitpruning", 0.96, 0.008, None),
+        ("adapt", 0.99, 2.2, None), ("fracbits", 0.10, 0.005, None), ("fracbits", 0.95, 0.03, None)]
+
+
+def test_the_front_reads_on_a_log_axis_fitted_to_the_front(tmp_path):
+    url = f"sqlite:///{tmp_path / 'wide.db'}"
+    study = optuna.create_study(storage=open_storage(url, create=True), study_name="wide",
+                                directions=["maximize", "minimize"])
+    study.set_user_attr(OBJECTIVES_ATTR, ["accuracy", "bitops"])
+    study.set_user_attr(UNITS_ATTR, {"bitops": "GBitOPs"})
+    for strategy, acc, bitops, fixed in WIDE:
+        study.add_trial(create_trial(values=[acc, bitops], user_attrs={"strategy": strategy},
+                                     system_attrs={"fixed_params": fixed} if fixed else {}))
+    fig = plots.front_figure(study)
+    try:
+        (ax,) = fig.axes
+        assert ax.get_xscale() == "log"
+        low, high = ax.get_ylim()
+        assert 0.9 < low < 0.96 and high <= 1.0 + 1e-9  # the collapsed trial does not stretch the axis
+        hollow = [c for c in ax.collections if len(c.get_offsets()) and (c.get_facecolors().size == 0)]
+        assert len(hollow) == 1 and hollow[0].get_offsets()[0][0] == 0.005  # drawn at the edge
+        assert hollow[0].get_offsets()[0][1] >= low
+        texts = [t.get_text() for t in ax.texts]
+        assert "uniform bits=8" in texts and "uniform bits=4" in texts and len(texts) == 3
+        assert any("1 trial(s) below" in t for t in texts), texts
+        markers = {h.get_label(): h.get_paths()[0].vertices.round(3).tobytes() for h in ax.collections
+                   if h.get_label() in
+                   ("uniform", "bitpruning", "adapt", "fracbits")}
+        assert len(set(markers.values())) == 4  # a marker shape per strategy, not only a colour
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+    read_png(plots.plot_front(study, tmp_path / "wide.png"))
+
+
+def test_hypervolume_history_ends_at_the_studys_hypervolume(demo, tmp_path):
+    _, study = demo
+    history = plots.hypervolume_history(study)
+    assert list(history.index) == [n for n, t in enumerate(TRIALS) if t[2] is not None]
+    assert (np.diff(history["all"]) >= 0).all()
+    assert history["all"].iloc[-1] == pytest.approx(report.study_hypervolume(study).value)
+    summary = report.strategy_summary(study)
+    for strategy in ("uniform", "bitpruning"):
+        assert history[strategy].iloc[-1] == pytest.approx(summary.loc[strategy, "hypervolume"])
+    read_png(plots.plot_hypervolume_history(study, tmp_path / "hv.png"))
+
+
 def test_layer_bits_of_a_trial_without_an_assignment_is_an_error(demo, tmp_path):
     _, study = demo
     with pytest.raises(MpsearchError, match="trial 5 .* saved no assignment .*it failed"):
@@ -402,7 +452,7 @@ def test_plot_command_writes_pngs(demo, tmp_path):
     result = invoke("plot", "demo", "--storage", url, "-o", str(tmp_path / "figs"), "--trial", "0")
     assert result.exit_code == 0, result.output
     written = [Path(line.removeprefix("wrote ")) for line in result.output.splitlines()]
-    assert [p.name for p in written] == ["demo-front.png", "demo-trial0-bits.png"]
+    assert [p.name for p in written] == ["demo-front.png", "demo-hypervolume.png", "demo-trial0-bits.png"]
     for p in written:
         read_png(p)
 

@@ -185,7 +185,7 @@ def export(name: str, storage: str, format_: str | None, output: str | None) -> 
 @click.option("--trial", "trial_number", type=int, default=None,
               help="Also plot this trial's bits per layer.")
 def plot(name: str, storage: str, output_dir: str, trial_number: int | None) -> None:
-    """Plot study NAME's accuracy-cost front (and, with --trial, one trial's bits per layer)."""
+    """Plot study NAME's accuracy-cost front, its hypervolume history and, with --trial, one trial's bits per layer."""
     from mpsearch import plots
     from mpsearch.storage import load_study
 
@@ -198,6 +198,7 @@ def plot(name: str, storage: str, output_dir: str, trial_number: int | None) -> 
     except OSError as exc:
         raise MpsearchError(f"cannot create the folder {str(folder)!r}: {exc.strerror or exc}.") from exc
     click.echo(f"wrote {plots.plot_front(study, folder / f'{name}-front.png')}")
+    click.echo(f"wrote {plots.plot_hypervolume_history(study, folder / f'{name}-hypervolume.png')}")
     if trial_number is not None:
         path = folder / f"{name}-trial{trial_number}-bits.png"
         click.echo(f"wrote {plots.plot_layer_bits(study, trial_number, path)}")

@@ -35,6 +35,7 @@ from torch import nn
 
 from mpsearch.assignment import Bits
 from mpsearch.errors import MpsearchError
+from mpsearch.quant.integer import BinaryGrid, LevelsGrid
 from mpsearch.quant.quantizers import Quantizer
 
 MIN_GROUP, MAX_GROUP = 32, 512  # Sec. 5.1: group sizes that trade error against storage well
@@ -425,6 +426,18 @@ class ALQWeightQuantizer(Quantizer):
     def scale_bits(self) -> int:
         return storage_bits(self.group_widths(), self.group_size, self.i_max) - int(self.group_widths().sum()) * self.group_size
 
+    def integer_form(self, w: torch.Tensor) -> BinaryGrid:
+        """The bases (``+-1``), which of them each group uses, and their coordinates."""
+        o = self.weight_shape[0]
+        if self.grouping.structure == "pixel":
+            _, cin, kh, kw = self.weight_shape
+            view, perm = (o, kh, kw, cin), (0, 3, 1, 2)
+        else:
+            view, perm = self.weight_shape, tuple(range(len(self.weight_shape)))
+        return BinaryGrid(bits=self.integer_bits(), codes=self.bases.detach().to("cpu", torch.int64),
+                          mask=self.mask.detach().cpu(), alpha=self.alpha.detach().cpu(),
+                          view=tuple(view), perm=perm)
+
     def storage_bits(self) -> int:
         return storage_bits(self.group_widths(), self.group_size, self.i_max)
 
@@ -612,7 +625,13 @@ class MultiBitActivationQuantizer(Quantizer):
         values, _ = self.levels()
         q = values[self.encode(x.detach(), values)]
         inside = (x >= values[0]) & (x <= values[-1])
-        return torch.where(inside, x + (q - x).detach(), q)
+        # straight through inside the levels' range; x - x is exactly 0, so the value is q itself
+        return q + torch.where(inside, x - x.detach(), torch.zeros_like(x))
+
+    def integer_form(self, x: torch.Tensor) -> LevelsGrid:
+        """Each value's index into the sorted levels ``x_ref + b^T gamma`` (eval mode: no refit)."""
+        values, _ = self.levels()
+        return LevelsGrid(bits=torch.tensor(self.bits), levels=values.detach().cpu()).encode(x)
 
     def integer_bits(self) -> Bits:
         return self.bits

@@ -29,6 +29,8 @@ import torch
 from torch import nn
 
 from mpsearch.assignment import MAX_BITS, Bits
+from mpsearch.errors import MpsearchError
+from mpsearch.quant.integer import AffineGrid
 from mpsearch.quant.quantizers import Quantizer
 
 MAX_FL = MAX_BITS
@@ -286,7 +288,16 @@ class FixedPointQuantizer(Quantizer):
         q = self.quantized
         if q.shape != w.shape:
             q = stochastic_round(w.detach(), self.fmt, self.generator)
-        return w + (q - w).detach()
+        return q + (w - w.detach())  # straight through; the value is q, bit for bit
+
+    def integer_form(self, w: torch.Tensor) -> AffineGrid:
+        """Signed ``WL``-bit codes ``k`` of the stored copy, ``k * 2**-FL``; width 0 where ``k = 0`` if sparse."""
+        if self.quantized.shape != w.shape:
+            raise MpsearchError("this fixed-point quantizer has no stored quantized copy of the weights "
+                                "yet (call requantize); its forward pass would round at random.")
+        codes = torch.round(self.quantized.detach() * 2.0 ** self.fmt.fl).to(torch.int64).cpu()
+        return AffineGrid(bits=torch.as_tensor(self.integer_bits()).to(torch.int64), codes=codes,
+                          scale=2.0 ** -self.fmt.fl, zero_point=0, signed=True, value_shape=tuple(w.shape))
 
     def nonzero_share(self) -> float:
         """The paper's ``sp``: the share of stored weights that are not 0."""

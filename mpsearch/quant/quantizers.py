@@ -4,7 +4,9 @@
 later strategies bring (SMOL's odd grid, AdaPT's fixed point with stochastic
 rounding, ALQ's binary bases): ``forward`` returns the fake-quantized tensor,
 :meth:`Quantizer.integer_bits` the widths an integer deployment would use now,
-and :meth:`Quantizer.scale_bits` the storage its own parameters need.
+:meth:`Quantizer.scale_bits` the storage its own parameters need, and
+:meth:`Quantizer.integer_form` the output as integer codes on a grid (what export
+writes; see :mod:`mpsearch.quant.integer`).
 
 The three quantizers here take their widths from a :class:`BitWidth` and use the
 shared uniform-grid kernel of :mod:`mpsearch.quant.functional`, with integer
@@ -15,13 +17,16 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from dataclasses import replace
 
 import torch
 from torch import nn
 
 from mpsearch.assignment import Bits
+from mpsearch.errors import MpsearchError
 from mpsearch.quant.bitwidth import BitWidth, FixedBits
 from mpsearch.quant.functional import fake_quant
+from mpsearch.quant.integer import IntegerForm, UniformGrid
 
 
 class Quantizer(nn.Module, ABC):
@@ -68,6 +73,23 @@ class Quantizer(nn.Module, ABC):
         (min-max) or come from the weights themselves need nothing: the default does nothing.
         """
 
+    def integer_form(self, x: torch.Tensor) -> IntegerForm:
+        """The integer form of ``forward(x)`` in eval mode: codes, widths and grid.
+
+        Its :meth:`~mpsearch.quant.integer.IntegerForm.dequantize` must equal
+        ``forward(x)`` bit for bit (:func:`mpsearch.testing.quantizers.check_integer_form`
+        checks it); export writes nothing else, so a quantizer that implements this
+        exports without changes to mpsearch. For an input quantizer, the form's
+        :meth:`~mpsearch.quant.integer.IntegerForm.template` must encode any input as
+        ``forward`` does.
+
+        Raises:
+            MpsearchError: the quantizer has no integer form, or none yet (its widths
+                are still being learned).
+        """
+        raise MpsearchError(f"quantizer {type(self).__name__} has no integer form; implement "
+                            f"Quantizer.integer_form to export a model that uses it.")
+
 
 class WidthQuantizer(Quantizer):
     """A quantizer whose widths come from a :class:`BitWidth` module."""
@@ -84,6 +106,13 @@ class WidthQuantizer(Quantizer):
 
     def set_bits(self, bits: Bits) -> None:
         self.bits = FixedBits(bits).to(self.bits().device)
+
+    def _form_bits(self) -> torch.Tensor:
+        """The float widths ``forward`` uses in eval mode (integer-valued)."""
+        if self.bits.fractional:
+            raise MpsearchError(f"{type(self).__name__}'s widths are still being learned; freeze them "
+                                f"(mpsearch.quant.freeze_bits) before taking its integer form.")
+        return self.bits().detach()
 
     def _quantize(self, x, lo, scale, out_lo, out_scale, **kw) -> torch.Tensor:
         fixed = isinstance(self.bits, FixedBits)
@@ -105,6 +134,14 @@ class MinMaxQuantizer(WidthQuantizer):
         lo, hi = torch.aminmax(x.detach())
         scale = (hi - lo).clamp_min(torch.finfo(x.dtype).tiny)
         return self._quantize(x, lo, scale, lo, scale)
+
+    def integer_form(self, x: torch.Tensor) -> UniformGrid:
+        """Offset ``L_min`` and span ``L_max - L_min`` of ``x`` itself (dynamic: per batch for inputs)."""
+        x = x.detach()
+        lo, hi = torch.aminmax(x)
+        scale = (hi - lo).clamp_min(torch.finfo(x.dtype).tiny)
+        return UniformGrid.from_input(x, self._form_bits(), lo, scale, offset=lo, span=scale, dynamic=True,
+                                      integer_bits=self.integer_bits())
 
     def scale_bits(self) -> int:
         return 64
@@ -140,6 +177,18 @@ class DoReFaQuantizer(WidthQuantizer):
             return q
         scale = w.detach().abs().mean() / q.detach().abs().mean().clamp_min(torch.finfo(w.dtype).tiny)
         return q * scale
+
+    def integer_form(self, w: torch.Tensor) -> UniformGrid:
+        """Codes of ``tanh(w)`` on ``[-1, 1]`` (offset -1, span 2) and the rescale as gain."""
+        t = torch.tanh(w.detach())
+        m = t.abs().max().clamp_min(torch.finfo(w.dtype).tiny)
+        form = UniformGrid.from_input(t, self._form_bits(), -m, 2 * m, offset=-1.0, span=2.0,
+                                      integer_bits=self.integer_bits())
+        if not self.rescale:
+            return form
+        q = form.dequantize().to(w.device)
+        gain = w.detach().abs().mean() / q.abs().mean().clamp_min(torch.finfo(w.dtype).tiny)
+        return replace(form, gain=gain.cpu())
 
     def scale_bits(self) -> int:
         return 32 if self.rescale else 0
@@ -214,6 +263,14 @@ class PACTQuantizer(WidthQuantizer):
         if self.two_sided:
             return self._quantize(x, -a, 2 * a, -a, 2 * a, alpha=self.alpha, two_sided=True)
         return self._quantize(x, torch.zeros_like(a), a, torch.zeros_like(a), a, alpha=self.alpha)
+
+    def integer_form(self, x: torch.Tensor) -> UniformGrid:
+        """Offset 0 and span ``alpha`` (two-sided: offset ``-alpha``, span ``2 alpha``)."""
+        x = x.detach()
+        a = self.alpha.detach().abs().clamp_min(1e-4).to(x.dtype)
+        offset, span = (-a, 2 * a) if self.two_sided else (0.0, a)
+        return UniformGrid.from_input(x, self._form_bits(), offset, span, offset=offset, span=span,
+                                      integer_bits=self.integer_bits())
 
     def extra_repr(self) -> str:
         return f"two_sided={self.two_sided}"

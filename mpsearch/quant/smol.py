@@ -37,9 +37,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from mpsearch.assignment import MAX_BITS, Bits
+from mpsearch.errors import MpsearchError
 from mpsearch.quant.bitwidth import BitWidth, FixedBits
 from mpsearch.quant.functional import fake_quant
 from mpsearch.quant.granularity import bits_shape
+from mpsearch.quant.integer import OddGrid
 from mpsearch.quant.quantizers import PACTQuantizer, WidthQuantizer
 
 LN2 = math.log(2.0)
@@ -177,7 +179,22 @@ class SmolWeightQuantizer(WidthQuantizer):
             return w + (self.scale * self.bits.sigma()) * eps
         p = self.bits.precision() if self.searching else self.bits()
         q = self.scale * smol_quantize(w.detach() / self.scale, p)
-        return w + (q - w).detach()  # straight through: dL/dw = dL/dw_q (Algorithm 1, line 13)
+        # straight through: dL/dw = dL/dw_q (Algorithm 1, line 13); w - w is exactly 0, so the
+        # value is q itself, bit for bit, as the integer form says
+        return q + (w - w.detach())
+
+    def integer_form(self, w: torch.Tensor) -> OddGrid:
+        """SMOL's odd grid with the layer's scale; widths per weight where ZPA or the granularity says."""
+        if self.searching and self.training:
+            raise MpsearchError("a SMOL weight quantizer that is still searching adds noise in training "
+                                "mode; call eval() or freeze it before taking its integer form.")
+        p = (self.bits.precision() if self.searching else self.bits()).detach()
+        u = w.detach() / self.scale
+        j = torch.floor(u / torch.exp2(2.0 - p))
+        half = torch.exp2(p - 1.0)
+        j = torch.where(p > 0, torch.minimum(torch.maximum(j, -half), half - 1.0), torch.zeros_like(j))
+        return OddGrid(bits=torch.as_tensor(self.integer_bits()).to(torch.int64).cpu(),
+                       codes=j.to(torch.int64).cpu(), scale=self.scale.detach().cpu())
 
     def clip_(self, w: torch.Tensor) -> None:
         """Clip ``w`` in place to ``+-scale * (2 - sigma(s))`` (Algorithm 1, line 7)."""
@@ -222,6 +239,14 @@ class SmolPACTQuantizer(PACTQuantizer):
     def __init__(self, p_init: int = 8, two_sided: bool = False, alpha: float | None = None):
         super().__init__(NoiseBits(p_init), alpha=alpha, two_sided=two_sided)
         self.generator: torch.Generator | None = None
+
+    def _form_bits(self) -> torch.Tensor:
+        if not self.searching:
+            return super()._form_bits()
+        if self.training:
+            raise MpsearchError("a SMOL-A quantizer that is still searching adds noise in training mode; "
+                                "call eval() or freeze its widths before taking its integer form.")
+        return self.bits.precision().detach()
 
     @property
     def searching(self) -> bool:

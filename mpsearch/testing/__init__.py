@@ -7,6 +7,8 @@
   :class:`~mpsearch.testing.objectives.ObjectiveTestCase`,
   :class:`~mpsearch.testing.backends.BackendTestCase`: subclass them in a plugin's
   tests to check the contracts every strategy, objective and backend must keep.
+- :func:`mpsearch.testing.quantizers.check_integer_form`: a quantizer's integer form is
+  exact and survives packing (what ``mpsearch export`` needs of it).
 """
 
 from __future__ import annotations
