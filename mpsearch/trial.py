@@ -8,6 +8,7 @@ be re-run exactly on the same device and thread count.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -270,7 +271,8 @@ class TrialOutcome:
 def run_trial(spec: StudySpec, number: int, strategy: str, params: Mapping[str, Any], *,
               artefacts: Path | None = None, threads: int | None = None,
               reporter: Callable[[int, Mapping[str, float]], None] | None = None,
-              resume_from: Path | None = None) -> TrialOutcome:
+              resume_from: Path | None = None,
+              plugins: Sequence[str] | None = None) -> TrialOutcome:
     """Run one trial and return its values, or a failure with its reason.
 
     A strategy that raises, a non-finite loss, or an out-of-memory error fail the
@@ -282,7 +284,11 @@ def run_trial(spec: StudySpec, number: int, strategy: str, params: Mapping[str, 
     from that folder if it holds a checkpoint (Ray restarted the trial), or else
     from ``resume_from`` (the checkpoints of the trial this one re-runs). The
     checkpoints are deleted when the trial ends.
+
+    ``plugins`` (the driver's ``PluginHost.sources``) replaces the spec's list: the
+    trial loads the plugins its driver checked the spec with.
     """
+    spec = spec if plugins is None else dataclasses.replace(spec, plugins=tuple(plugins))
     started = time.perf_counter()
     seed = trial_seed(spec.study.seed, number)
     attrs: dict[str, Any] = {ATTR_STRATEGY: strategy, ATTR_PARAMS: dict(params), ATTR_SEED: seed}

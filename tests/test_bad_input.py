@@ -38,6 +38,7 @@ from test_study import TOY, toy_spec
 
 from mpsearch.host import PluginHost
 from mpsearch.spec import load_spec
+from mpsearch.storage import STUDY_ID_ATTR, study_dir
 from mpsearch.study import create_study, run_study
 
 BAD_PLUGINS = Path(__file__).with_name("bad_plugins")
@@ -233,20 +234,29 @@ def corrupt_checkpoint(folder: Path) -> None:
     (folder / "ck.toml").write_text(CHECKPOINTED)
     url = fill("{url}", folder)
     assert run("study", "create", str(folder / "ck.toml"), "--storage", url, "--no-run").exit_code == 0
-    optuna.load_study(study_name="ck", storage=url).ask()
-    last = folder / "mpsearch-studies" / "ck" / "trial-00000" / "checkpoint" / "last.pt"
+    study = optuna.load_study(study_name="ck", storage=url)
+    study.ask()
+    last = artefacts(url, study) / "trial-00000" / "checkpoint" / "last.pt"
     last.parent.mkdir(parents=True)
     last.write_bytes(b"PK\x03\x04 half a zip file")
 
 
+def artefacts(url: str, study) -> Path:
+    """The study's artefact folder (named by its name and id)."""
+    return study_dir(url, study.study_name, study.user_attrs[STUDY_ID_ATTR])
+
+
 def restarted_from_scratch(folder: Path, url: str, outcome: Outcome) -> None:
+    import optuna
+
     orphan, retry = trials(url, "ck")
     assert orphan.state.name == "FAIL" and retry.user_attrs["retry_of"] == 0
     assert retry.state.name == "COMPLETE"
     warning = retry.user_attrs["checkpoint_warning"]
     assert "trial-00000/checkpoint/last.pt" in warning and "unreadable or corrupt" in warning
     assert "\n" not in warning and "restarted from scratch" in warning
-    assert not (folder / "mpsearch-studies" / "ck" / "trial-00000" / "checkpoint").exists()
+    study = optuna.load_study(study_name="ck", storage=url)
+    assert not (artefacts(url, study) / "trial-00000" / "checkpoint").exists()
 
 
 def trials(url: str, study: str):

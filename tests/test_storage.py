@@ -3,6 +3,7 @@ heartbeats, and one-line errors for storages that cannot be opened."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import subprocess
@@ -53,7 +54,10 @@ def test_a_study_round_trips_through_the_storage(storage_url, toy_study_spec, to
     assert [t.number for t in trials] == [0, 1]
     assert all(t.state == TrialState.COMPLETE for t in trials)
     assert trials[0].params == {"toy.bits": 2}  # the enqueued point, first
-    assert stored_spec(study, toy_host).to_dict() == spec.to_dict()
+    # the stored spec is the spec, its plugin file pinned by the sha256 of its content
+    stored = stored_spec(study, toy_host).to_dict()
+    assert stored.pop("plugins") == [f"{TOY}#sha256={hashlib.sha256(TOY.read_bytes()).hexdigest()}"]
+    assert stored == {k: v for k, v in spec.to_dict().items() if k != "plugins"}
     assert study.user_attrs["objectives"] == ["accuracy", "bitops"]
     assert study.user_attrs["units"] == {"bitops": "GBitOPs"}
     assert study.user_attrs["runs"][0]["trials"] == 2
@@ -79,7 +83,8 @@ def test_two_drivers_run_one_study_together(storage_url, toy_study_spec, tmp_pat
                                        "--no-run"])
     assert created.exit_code == 0, created.output
     drivers = [subprocess.Popen(driver_command("study", "run", "duo", "--storage", storage_url,
-                                               "--executor", "local", "--quiet"),
+                                               "--executor", "local", "--quiet",
+                                               "--trust-spec-plugins"),
                                 cwd=tmp_path, env=driver_env(), stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outputs = [d.communicate(timeout=600) for d in drivers]
@@ -193,7 +198,8 @@ def test_a_grace_period_shorter_than_the_heartbeat_is_refused(tmp_path, toy_stud
     runner = CliRunner()
     assert runner.invoke(cli, ["study", "create", str(toy_study_spec("g", n_trials=1)), "--storage", url,
                                "--no-run"]).exit_code == 0
-    result = runner.invoke(cli, ["study", "run", "g", "--storage", url, "--heartbeat", "5", "--grace", "2"])
+    result = runner.invoke(cli, ["study", "run", "g", "--storage", url, "--heartbeat", "5", "--grace", "2",
+                                 "--trust-spec-plugins"])
     assert result.exit_code == 1
     assert result.output.strip() == ("Error: the grace period (2 s) must be longer than the heartbeat "
                                      "interval (5 s), and both positive.")

@@ -215,7 +215,12 @@ def test_create_without_running_then_run(tmp_path):
     assert optuna.load_study(study_name="toy", storage=url(tmp_path)).trials == []
     again = runner.invoke(cli, ["study", "create", str(spec), "--storage", url(tmp_path), "--no-run"])
     assert again.exit_code == 1 and "already exists" in again.output
-    ran = runner.invoke(cli, ["study", "run", "toy", "--storage", url(tmp_path), "--quiet"])
+    # the stored spec's plugin file is loaded only when asked for
+    refused = runner.invoke(cli, ["study", "run", "toy", "--storage", url(tmp_path), "--quiet"])
+    assert refused.exit_code == 1 and "unknown strategy 'toy'" in refused.output
+    assert f"lists plugin(s) '{TOY}'" in refused.output and "--trust-spec-plugins" in refused.output
+    ran = runner.invoke(cli, ["study", "run", "toy", "--storage", url(tmp_path), "--quiet",
+                              "--trust-spec-plugins"])
     assert ran.exit_code == 0, ran.output
     assert len(optuna.load_study(study_name="toy", storage=url(tmp_path)).trials) == 1
     unknown = runner.invoke(cli, ["study", "run", "tyo", "--storage", url(tmp_path)])
