@@ -247,8 +247,16 @@ class Driver:
             numbers = reconcile(self.study, self.grace, self.max_retries)
             if numbers:
                 self.requeued += numbers
-                self.say(f"re-queued trial(s) {', '.join(map(str, numbers))} left running by a "
-                         f"driver that stopped")
+                dropped = {t.number for t in self.study.get_trials(deepcopy=False)
+                           if t.number in numbers and t.user_attrs.get(GAVE_UP)}
+                again = [n for n in numbers if n not in dropped]
+                if again:
+                    self.say(f"re-queued trial(s) {', '.join(map(str, again))} left running by a "
+                             f"driver that stopped")
+                if dropped:
+                    self.say(f"failed trial(s) {', '.join(map(str, sorted(dropped)))} for good: "
+                             f"their point ran {self.max_retries + 1} times and its driver died "
+                             f"each time ([resources] max_retries)")
             yield
 
     def count(self) -> int:

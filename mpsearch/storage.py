@@ -78,7 +78,10 @@ def url_without_password(url: str | None) -> str:
         return shown_url(url)
     if parsed.password is None:
         return url
-    return parsed.set(password=None).render_as_string(hide_password=False)
+    # URL.set(password=None) keeps the password: None there means "unchanged"
+    return sqlalchemy.engine.URL.create(
+        parsed.drivername, username=parsed.username, host=parsed.host, port=parsed.port,
+        database=parsed.database, query=parsed.query).render_as_string(hide_password=False)
 
 
 def password_of(url: str | None) -> str | None:
@@ -266,15 +269,15 @@ def _lock_file(database: Path):
     path = Path(f"{database.resolve()}.lock")
     try:
         return open(path, "a+b")  # noqa: SIM115 - closed by the caller's with
-    except PermissionError:
-        pass
+    except PermissionError as exc:
+        first = exc
     except OSError as exc:
         raise MpsearchError(f"cannot open the lock file {str(path)!r}: {exc.strerror or exc}.") from None
     try:
         return open(path, "rb")  # noqa: SIM115
-    except OSError as exc:
+    except OSError:
         raise MpsearchError(f"cannot create the lock file {str(path)!r} beside the database: "
-                            f"{exc.strerror or exc}; make its folder writable.") from None
+                            f"{first.strerror or first}; make its folder writable.") from None
 
 
 def _check_sqlite(path: Path, url: str) -> None:

@@ -25,7 +25,7 @@ from torch import nn
 
 from mpsearch.assignment import PrecisionAssignment
 from mpsearch.backends import Backend
-from mpsearch.checkpoint import CheckpointMismatch, TrialCheckpointer
+from mpsearch.checkpoint import CheckpointMismatch, TrialCheckpointer, save_tensors
 from mpsearch.data import ImageData, resolve_root
 from mpsearch.errors import MpsearchError
 from mpsearch.models import model_profile
@@ -318,6 +318,9 @@ def run_trial(spec: StudySpec, number: int, strategy: str, params: Mapping[str, 
         outcome = TrialOutcome(None, {ATTR_FAIL: f"out of memory: {str(exc).splitlines()[0]} "
                                                  f"Lower [training] batch_size or "
                                                  f"[resources] max_concurrent."})
+    except OSError as exc:  # a full disk or a folder that cannot be written, not the strategy
+        outcome = TrialOutcome(None, {ATTR_FAIL: f"cannot use {str(exc.filename or 'a file')!r}: "
+                                                 f"{exc.strerror or exc}"})
     except Exception as exc:  # noqa: BLE001 - a strategy's bug fails its trial, not the study
         outcome = TrialOutcome(None, {ATTR_FAIL: f"strategy {strategy!r} raised "
                                                  f"{type(exc).__name__}: {exc}"})
@@ -408,8 +411,8 @@ def _run(spec: StudySpec, number: int, seed: int, strategy_name: str, params: Ma
         folder = Path(artefacts) / f"trial-{number:05d}"
         folder.mkdir(parents=True, exist_ok=True)
         assignment.replace(model=spec.model.name, strategy=strategy_name).save(folder / "assignment.json")
-        torch.save({k: v.detach().cpu() for k, v in result.model.state_dict().items()},
-                   folder / "model.pt")
+        save_tensors({k: v.detach().cpu() for k, v in result.model.state_dict().items()},
+                     folder / "model.pt")  # a full disk raises OSError naming the file
         (folder / "params.json").write_text(json.dumps(dict(params), indent=1) + "\n")
         attrs[ATTR_ARTEFACTS] = str(folder)
     return TrialOutcome(values, attrs)

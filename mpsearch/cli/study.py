@@ -95,6 +95,8 @@ def run(state, name: str, storage: str, trust: bool, n_trials: int | None, execu
 
     found = load_study(state.storage(storage), name)
     listed = tuple((found.user_attrs.get(SPEC_ATTR) or {}).get("plugins", ()))
+    if trust:
+        _check_pinned(name, listed)
     host = PluginHost(tuple(state.plugins) + (listed if trust else ()))
     try:
         spec = stored_spec(found, host)
@@ -109,6 +111,18 @@ def run(state, name: str, storage: str, trust: bool, n_trials: int | None, execu
                             f"against the sha256 the study recorded) or give them with --plugin.") from None
     _check_data(spec, host, address)
     _run(host, name, storage, n_trials, executor, address, quiet, heartbeat, grace, trusted=trust)
+
+
+def _check_pinned(name: str, listed: tuple) -> None:
+    """Refuse a stored plugin file without the sha256 it had when the study was created."""
+    from mpsearch.host import PIN
+
+    for plugin in listed:
+        if not isinstance(plugin, str) or (PIN not in plugin and (plugin.endswith(".py")
+                                                                  or "/" in plugin)):
+            raise MpsearchError(f"study {name!r} lists the plugin file {plugin!r} without the sha256 "
+                                f"it had when the study was created, so {TRUST_FLAG} cannot check "
+                                f"it; read the file, then give it with --plugin.")
 
 
 def _run(host, name: str, url: str, n_trials, executor, address, quiet: bool, heartbeat: float,
