@@ -51,7 +51,7 @@ class Registry(Generic[T]):
             raise PluginError(f"plugin {plugin!r} registered a {self.kind} with an invalid name "
                               f"{name!r}: use letters, digits and _ . : @ + -.")
         if name in self._reserved:
-            raise PluginError(f"plugin {plugin!r} registered a {self.kind} named {name!r}, which is "
+            raise PluginError(f"plugin {plugin!r} registered the {self.kind} name {name!r}, which is "
                               f"reserved for {self._reserved[name]}; rename it.")
         if not self._check(obj):
             raise PluginError(f"plugin {plugin!r} registered {self.kind} {name!r} as "

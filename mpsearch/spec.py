@@ -21,6 +21,18 @@ Example::
     [resources]
     cpus_per_trial = 1
     max_concurrent = 2
+
+``plugins = ["my_plugin.py", "my_package.plugin"]`` (top level) names plugin files
+(paths relative to the spec) and modules the study needs. ``mpsearch study create``
+loads them, and the study records every plugin it was checked with, each file as
+an absolute path with the sha256 of its content (``/abs/my_plugin.py#sha256=…``).
+Reading a study (``list``, ``show``, ``export``, ``plot``) never imports them.
+``mpsearch study run`` loads only installed plugins and ``--plugin`` files, and the
+recorded ones only with ``--trust-spec-plugins``, each only if its content still
+has the recorded sha256.
+
+``[study] storage`` may be a URL with a password; the dict a spec is stored as
+(:meth:`StudySpec.to_dict`) never holds it.
 """
 
 from __future__ import annotations

@@ -774,7 +774,7 @@ CASES = [
     Case("hook-on-trial-end-raises", ["--plugin", "{dir}/hooks.py", *CREATE], exit=0,
          prepare=raising_hook("on_trial_end"), check=recorded_as_a_warning("on_trial_end")),
     Case("plugin-objective-named-accuracy", ["--plugin", "{dir}/acc.py", "cost", "lenet5"],
-         ("acc.py", "objective named 'accuracy'", "reserved for the validation accuracy"),
+         ("acc.py", "objective name 'accuracy'", "reserved for the validation accuracy"),
          prepare=write("acc.py", "from mpsearch import hookimpl\n"
                                  "from mpsearch.objectives import Objective\n\n\n"
                                  "class Accuracy(Objective):\n"

@@ -16,7 +16,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from mpsearch.driver import ORPHAN, RETRY_OF
+from mpsearch.driver import GAVE_UP, ORPHAN, RETRY_OF
 
 GRACE = ["--heartbeat", "1", "--grace", "3"]  # the killed driver's trials go stale within seconds
 TRUST = "--trust-spec-plugins"  # the study's spec names the toy plugin file
@@ -79,13 +79,17 @@ def check_resumed(url: str, name: str, n_trials: int, kills: list[Kill]) -> list
         assert orphan.state == TrialState.FAIL
         assert "left RUNNING by a driver that stopped" in orphan.user_attrs["fail_reason"]
         retries = [t for t in found if t.user_attrs.get(RETRY_OF) == orphan.number]
+        if orphan.user_attrs.get(GAVE_UP):  # its point's driver died max_retries + 1 times
+            assert retries == [] and "not re-queued" in orphan.user_attrs["fail_reason"]
+            continue
         assert len(retries) == 1 and retries[0].number > orphan.number
         # the retry runs the orphan's point (a point claimed but not yet sampled keeps its
         # queued parameters)
         assert retries[0].system_attrs["fixed_params"].items() <= retries[0].params.items()
         assert orphan.params.items() <= retries[0].params.items()
     counted = [t for t in found if t.state == TrialState.COMPLETE
-               or (t.state == TrialState.FAIL and not t.user_attrs.get(ORPHAN))]
+               or (t.state == TrialState.FAIL
+                   and (not t.user_attrs.get(ORPHAN) or t.user_attrs.get(GAVE_UP)))]
     assert len(counted) == n_trials
     return found
 

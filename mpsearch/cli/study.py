@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 import tomllib
@@ -53,12 +54,11 @@ def create(state, spec_file: str, storage: str | None, no_run: bool, n_trials: i
            executor: str | None, address: str | None, quiet: bool, heartbeat: float,
            grace: float) -> None:
     """Create the study a TOML SPEC describes, then run it and print its Pareto front."""
-    from mpsearch.host import PluginHost
-    from mpsearch.study import create_study
-
     from dataclasses import replace
 
+    from mpsearch.host import PluginHost
     from mpsearch.storage import shown_url
+    from mpsearch.study import create_study
 
     extra = _spec_plugins(Path(spec_file))
     host = PluginHost(tuple(state.plugins) + extra)
@@ -129,6 +129,7 @@ def _run(host, name: str, url: str, n_trials, executor, address, quiet: bool, he
          grace: float, trusted: bool = False) -> None:
     import signal
 
+    from mpsearch.storage import password_of
     from mpsearch.study import run_study
 
     def terminated(signum, frame):
@@ -142,7 +143,9 @@ def _run(host, name: str, url: str, n_trials, executor, address, quiet: bool, he
         click.echo(("\n" if sys.stderr.isatty() else "")  # ends a live progress line
                    + f"{'terminated' if isinstance(stop, _Terminated) else 'interrupted'} "
                    f"(completed trials are kept, trials in progress are re-queued); "
-                   f"continue the study with: {_continue_command(name, url, executor, trusted)}",
+                   + ("with the storage password in PGPASSWORD or ~/.pgpass, " if password_of(url)
+                      and os.environ.get(STORAGE_ENV) != url else "")
+                   + f"continue the study with: {_continue_command(name, url, executor, trusted)}",
                    err=True)
         sys.exit(143 if isinstance(stop, _Terminated) else 130)
     finally:
@@ -159,12 +162,13 @@ class _Terminated(KeyboardInterrupt):
 
 def _continue_command(name: str, url: str, executor: str | None, trusted: bool) -> str:
     """The command that continues the study as this run did: its plugins, executor, storage
-    (without a password: the driver reads it from PGPASSWORD or ~/.pgpass)."""
+    (without a password: the driver reads it from PGPASSWORD or ~/.pgpass; none when
+    $MPSEARCH_STORAGE gave it)."""
     from mpsearch.storage import url_without_password
 
     plugins = [a for p in click.get_current_context().obj.plugins for a in ("--plugin", p)]
-    return shlex.join(["mpsearch", *plugins, "study", "run", name, "--storage",
-                       url_without_password(url)]
+    storage = [] if os.environ.get(STORAGE_ENV) == url else ["--storage", url_without_password(url)]
+    return shlex.join(["mpsearch", *plugins, "study", "run", name, *storage]
                       + ([TRUST_FLAG] if trusted else [])
                       + (["--executor", executor] if executor else []))
 
