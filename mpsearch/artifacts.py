@@ -41,6 +41,7 @@ def register_trial_artefacts(study: Any, trial: Any, attrs: dict[str, Any]) -> l
     """
     from optuna.artifacts import upload_artifact
 
+    from mpsearch.optuna_private import study_storage
     from mpsearch.trial import ATTR_ARTEFACTS
 
     folder = attrs.get(ATTR_ARTEFACTS)
@@ -49,7 +50,7 @@ def register_trial_artefacts(study: Any, trial: Any, attrs: dict[str, Any]) -> l
     folder = Path(folder)
     store = _store(store_folder(folder.parent))
     return [upload_artifact(artifact_store=store, file_path=str(folder / name), study_or_trial=trial,
-                            storage=study._storage)
+                            storage=study_storage(study))
             for name in TRIAL_FILES if (folder / name).is_file()]
 
 
@@ -57,9 +58,10 @@ def register_export(study: Any, storage_url: str | None, number: int, path: Path
     """Upload an exported model to the study's store as ``trial-NNNNN-<name>``; returns its id."""
     from optuna.artifacts import upload_artifact
 
-    from mpsearch.storage import study_dir
+    from mpsearch.storage import STUDY_ID_ATTR, study_dir
 
-    store = _store(store_folder(study_dir(storage_url, study.study_name)))
+    folder = study_dir(storage_url, study.study_name, study.user_attrs.get(STUDY_ID_ATTR))
+    store = _store(store_folder(folder))
     with tempfile.TemporaryDirectory() as scratch:
         named = Path(scratch) / f"trial-{number:05d}-{Path(path).name}"
         shutil.copyfile(path, named)

@@ -306,15 +306,28 @@ class PrecisionAssignment(Mapping[str, Bits]):
             for g, entry in data["groups"].items():
                 shapes[g] = tuple(entry["shape"])
                 raw = entry["bits"]
-                if isinstance(raw, int):
+                if isinstance(raw, int) and not isinstance(raw, bool):
                     bits[g] = raw
+                elif not isinstance(raw, Mapping):
+                    raise AssignmentError(f"{source}: group {g!r} has bits {raw!r}; give a whole "
+                                          f"number of bits from {MIN_BITS} to {MAX_BITS}.")
                 elif "values" in raw:
-                    bits[g] = torch.tensor(raw["values"], dtype=torch.int64).reshape(raw["shape"])
+                    values = raw["values"]
+                    if not isinstance(values, list) or not all(_whole(v) for v in values):
+                        bad = next((v for v in values if not _whole(v)), values) \
+                            if isinstance(values, list) else values
+                        raise AssignmentError(f"{source}: group {g!r} has a width {bad!r}; widths "
+                                              f"are whole numbers from {MIN_BITS} to {MAX_BITS}.")
+                    bits[g] = torch.tensor(values, dtype=torch.int64).reshape(raw["shape"])
                 else:
                     if arrays is None or raw["sidecar"] not in arrays:
                         raise AssignmentError(f"{source}: group {g!r} refers to array "
                                               f"{raw['sidecar']!r} but the .npz sidecar lacks it.")
-                    bits[g] = torch.from_numpy(np.asarray(arrays[raw["sidecar"]])).to(torch.int64)
+                    array = np.asarray(arrays[raw["sidecar"]])
+                    if array.dtype.kind not in "iu":  # a float array would be truncated silently
+                        raise AssignmentError(f"{source}: group {g!r}: the sidecar's array holds "
+                                              f"{array.dtype}, not whole numbers of bits.")
+                    bits[g] = torch.from_numpy(array).to(torch.int64)
                 if "scale_bits" in entry:
                     scale[g] = int(entry["scale_bits"])
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
@@ -327,14 +340,23 @@ class PrecisionAssignment(Mapping[str, Bits]):
             raise AssignmentError(f"{source}: {exc}") from None
 
     def save(self, path: str | Path) -> Path:
-        """Write ``path`` (JSON) and, for large bit tensors, ``path`` with suffix ``.npz``."""
+        """Write ``path`` (JSON) and, for large bit tensors, ``path`` with suffix ``.npz``.
+
+        Raises:
+            AssignmentError: the file cannot be written (a missing folder, a full disk).
+        """
         path = Path(path)
         data, arrays = self.to_dict()
         sidecar = path.with_suffix(".npz")
-        if arrays:
-            np.savez_compressed(sidecar, **arrays)
-            data["sidecar"] = sidecar.name
-        path.write_text(json.dumps(data, indent=1) + "\n")
+        try:
+            if arrays:
+                np.savez_compressed(sidecar, **arrays)
+                data["sidecar"] = sidecar.name
+            path.write_text(json.dumps(data, indent=1) + "\n")
+        except OSError as exc:
+            missing = "" if path.parent.is_dir() else f" (the folder {str(path.parent)!r} does not exist)"
+            raise AssignmentError(f"cannot write the assignment {str(path)!r}: "
+                                  f"{exc.strerror or exc}{missing}.") from None
         return path
 
     @classmethod
@@ -352,13 +374,21 @@ class PrecisionAssignment(Mapping[str, Bits]):
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise AssignmentError(f"assignment file {str(path)!r} is not readable JSON: {exc}.") from exc
         arrays = None
-        if isinstance(data, dict) and data.get("sidecar"):
-            sidecar = path.with_name(data["sidecar"])
+        if isinstance(data, dict) and "sidecar" in data:
+            name = data["sidecar"]
+            # the sidecar lies beside the JSON file: a bare file name, never a path elsewhere
+            if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
+                raise AssignmentError(f"assignment file {str(path)!r}: \"sidecar\" must be the name "
+                                      f"of a .npz file beside it, not {name!r}.")
+            sidecar = path.with_name(name)
             try:
-                with np.load(sidecar) as npz:
+                # arrays of integers only: a pickled object in a sidecar is refused, never run
+                with np.load(sidecar, allow_pickle=False) as npz:
                     arrays = {k: npz[k] for k in npz.files}
-            except (OSError, ValueError) as exc:
-                raise AssignmentError(f"assignment sidecar {str(sidecar)!r} is not readable: {exc}.") from exc
+            except Exception as exc:  # noqa: BLE001 - zip, format and OS errors alike
+                text = " ".join(str(exc).split()) or type(exc).__name__
+                raise AssignmentError(f"assignment sidecar {str(sidecar)!r} is not readable: "
+                                      f"{text}.") from None
         return cls.from_dict(data, arrays, source=f"assignment file {str(path)!r}")
 
 
@@ -387,6 +417,11 @@ def _check_bits(group: str, value: Any, shape: tuple[int, ...]) -> Bits:
     if value.dim() == 0:
         return int(value)
     return value
+
+
+def _whole(value: Any) -> bool:
+    """A JSON width: an int, not a bool, a float, or NaN."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _bits_equal(a: Bits, b: Bits) -> bool:

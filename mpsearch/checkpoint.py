@@ -25,6 +25,7 @@ tracks); other strategies restart a trial from scratch.
 
 from __future__ import annotations
 
+import io
 import os
 import random
 import shutil
@@ -85,8 +86,24 @@ def _safe(value: Any) -> bool:
 
 def _save(payload: dict[str, Any], path: Path) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    try:
+        save_tensors(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a half-written file on a full disk frees its space
+        raise
+
+
+def save_tensors(payload: Any, path: Path) -> None:
+    """``torch.save`` to ``path``, serialised in memory first: a full disk or a folder that
+    cannot be written raises ``OSError`` naming the file (torch's own writer would raise
+    a ``RuntimeError`` from deep inside its zip writer)."""
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    try:
+        Path(path).write_bytes(buffer.getbuffer())
+    except OSError as exc:  # a failed write names no file: name it
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -130,7 +147,10 @@ class TrialCheckpointer:
         self._resume: dict[str, Any] | None = None
         self._resume_folder: Path | None = None
         if folder is not None:
-            folder.mkdir(parents=True, exist_ok=True)
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                self._unwritable(exc)
         if resume_from is not None and (Path(resume_from) / LAST).exists():
             self._open(Path(resume_from))
 
@@ -237,9 +257,21 @@ class TrialCheckpointer:
         if tracked is None:
             self.skipped += 1
             return False
-        _save({"format": FORMAT, "model": _cpu(model.state_dict()), "tracked": tracked,
-               "rng": _rng_state(generator), **fields}, self.folder / name)
+        try:
+            _save({"format": FORMAT, "model": _cpu(model.state_dict()), "tracked": tracked,
+                   "rng": _rng_state(generator), **fields}, self.folder / name)
+        except OSError as exc:
+            self._unwritable(exc)
+            self.skipped += 1
+            return False
         return True
+
+    def _unwritable(self, exc: OSError) -> None:
+        """A folder or file that cannot be written (a full disk): the trial goes on without
+        checkpoints, with a warning, rather than failing."""
+        self.warning = (f"checkpoints in {str(self.folder)!r} cannot be written "
+                        f"({exc.strerror or exc}); the trial went on without them")
+        self.folder = None
 
     def remove(self) -> None:
         """Delete the checkpoints (the trial has ended; they served only to resume it)."""

@@ -24,8 +24,17 @@ from one machine on SQLite, or from several machines on PostgreSQL. Either way:
   or go stale and are re-queued, and then it runs the re-queued ones.
   After a ``kill -9``, the next ``study run`` therefore takes over the killed
   driver's trials at most one grace period after its last heartbeat.
-- **A driver that stops on an exception or Ctrl-C** fails and re-queues its own
-  trials at once, without waiting for the grace period.
+- **A driver that stops on an exception, Ctrl-C or SIGTERM** fails and re-queues
+  its own trials at once, without waiting for the grace period.
+- **A point is re-run at most ``max_retries`` times** (``[resources] max_retries``,
+  default 2) after drivers died running it: a trial that kills its driver is not
+  re-queued forever. The last orphan records why (``fail_reason``, ``gave_up =
+  true``) and counts as a failed trial.
+- **Writes that decide a trial's fate happen under the study's lock**: recording a
+  result (:func:`mpsearch.study.record`) and failing a stale trial both check that
+  the trial is RUNNING and write its attributes and state while holding it. So a
+  trial ends either COMPLETE with its driver's record or FAIL as an orphan, never a
+  mix.
 
 A driver that is alive but silent for longer than the grace period (a stalled
 machine) has its trials taken over. When it comes back, its result for such a
@@ -49,21 +58,27 @@ from mpsearch.heartbeat import (
     Heartbeat,
     stale_trials,
 )
+from mpsearch.optuna_private import study_id, study_storage, trial_id
 from mpsearch.storage import study_lock
 from mpsearch.trial import ATTR_FAIL
 
 ORPHAN = "orphaned"
 RETRY_OF = "retry_of"
+GAVE_UP = "gave_up"  # an orphan whose point ran max_retries + 1 times: not re-queued, counted
+LOST = "driver_lost"  # an orphan whose driver died (not one that stopped on Ctrl-C or an error)
 DRIVER_ATTR = "mpsearch:driver"  # system attribute: HOST:PID of the driver that claimed the trial
+DEFAULT_MAX_RETRIES = 2
 
 
 def finished_count(study) -> int:
-    """Trials that count toward ``n_trials`` and are over: COMPLETE, or FAIL for a reason of their own."""
+    """Trials that count toward ``n_trials`` and are over: COMPLETE, FAIL for a reason of their
+    own, or orphans given up after ``max_retries``."""
     from optuna.trial import TrialState
 
     return sum(1 for t in study.get_trials(deepcopy=False)
                if t.state == TrialState.COMPLETE
-               or (t.state == TrialState.FAIL and not t.user_attrs.get(ORPHAN)))
+               or (t.state == TrialState.FAIL
+                   and (not t.user_attrs.get(ORPHAN) or t.user_attrs.get(GAVE_UP))))
 
 
 def counted_count(study) -> int:
@@ -73,18 +88,23 @@ def counted_count(study) -> int:
     return finished_count(study) + len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
 
 
-def reconcile(study, grace: float = DEFAULT_GRACE) -> list[int]:
+def reconcile(study, grace: float = DEFAULT_GRACE,
+              max_retries: int = DEFAULT_MAX_RETRIES) -> list[int]:
     """Fail the RUNNING trials whose driver is gone (stale heartbeat), and re-queue their parameters.
+
+    Call it holding the study's lock (:func:`mpsearch.storage.study_lock`).
 
     Args:
         grace: the grace period for trials that do not carry their own.
+        max_retries: how many times a point whose driver died is re-queued.
 
     Returns:
         The numbers of the trials that were failed.
     """
-    stale = stale_trials(study._storage, study._study_id, grace)
-    failed = (orphan(study, trial_id, f"left RUNNING by a driver that stopped ({detail})")
-              for trial_id, detail in stale.items())
+    stale = stale_trials(study_storage(study), study_id(study), grace)
+    failed = (orphan(study, tid, f"left RUNNING by a driver that stopped ({detail})",
+                     max_retries=max_retries)
+              for tid, detail in stale.items())
     numbers = [number for number in failed if number is not None]
     _requeue_missing(study)
     return numbers
@@ -97,12 +117,36 @@ def _requeue_missing(study) -> None:
     trials = study.get_trials(deepcopy=False)
     retried = {t.user_attrs.get(RETRY_OF) for t in trials}
     for t in trials:
-        if t.state == TrialState.FAIL and t.user_attrs.get(ORPHAN) and t.number not in retried:
+        if (t.state == TrialState.FAIL and t.user_attrs.get(ORPHAN) and not t.user_attrs.get(GAVE_UP)
+                and t.number not in retried):
             _requeue(study, t)
 
 
-def orphan(study, trial_id: int, reason: str) -> int | None:
+def lost_runs(study, trial) -> int:
+    """How many times the point of ``trial`` ran and its driver died: the trial and the
+    trials it re-runs (``retry_of``, back to the first) that a dead driver left."""
+    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+    count, seen, current = 0, set(), trial
+    while current is not None and current.number not in seen:
+        seen.add(current.number)
+        if current.user_attrs.get(LOST):
+            count += 1
+        previous = current.user_attrs.get(RETRY_OF)
+        current = by_number.get(previous) if isinstance(previous, int) else None
+    return count
+
+
+def orphan(study, trial_id: int, reason: str, *,
+           max_retries: int | None = DEFAULT_MAX_RETRIES) -> int | None:
     """Fail a RUNNING trial nobody runs any more, with ``reason``, and re-queue its parameters.
+
+    Call it holding the study's lock, so that its driver cannot record it meanwhile.
+
+    Args:
+        max_retries: the trial's driver died (its heartbeat went stale): once its point
+            has run ``max_retries + 1`` times so, it is failed for good (``gave_up``)
+            instead of re-queued. None: its driver stopped on Ctrl-C or an error, and
+            the point is always re-queued.
 
     Returns:
         Its number, or None when the trial was no longer RUNNING (its driver finished it).
@@ -110,19 +154,30 @@ def orphan(study, trial_id: int, reason: str) -> int | None:
     from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
-    storage = study._storage
+    storage = study_storage(study)
     trial = storage.get_trial(trial_id)
     if trial.state != TrialState.RUNNING:
         return None
+    attrs: dict[str, Any] = {ORPHAN: True}
+    outcome = "re-queued with the same parameters"
+    if max_retries is not None:
+        attrs[LOST] = True
+        runs = lost_runs(study, trial) + 1
+        if runs > max_retries:
+            attrs[GAVE_UP] = True
+            outcome = (f"not re-queued: its point ran {runs} time(s) and its driver died each "
+                       f"time ([resources] max_retries = {max_retries})")
     try:
         # attributes first: Optuna refuses them on a finished trial
-        storage.set_trial_user_attr(trial_id, ATTR_FAIL, f"{reason}; re-queued with the same parameters")
-        storage.set_trial_user_attr(trial_id, ORPHAN, True)
+        storage.set_trial_user_attr(trial_id, ATTR_FAIL, f"{reason}; {outcome}")
+        for key, value in attrs.items():
+            storage.set_trial_user_attr(trial_id, key, value)
         if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
             return None
     except UpdateFinishedTrialError:
         return None
-    _requeue(study, trial)
+    if not attrs.get(GAVE_UP):
+        _requeue(study, trial)
     return trial.number
 
 
@@ -149,10 +204,12 @@ class Driver:
         interval: seconds between heartbeats.
         grace: seconds without a heartbeat after which a trial's driver counts as gone.
         say: where to tell the user about re-queued trials and waits (None: silent).
+        max_retries: how many times a point whose driver died is re-queued.
     """
 
     def __init__(self, study, target: int, *, interval: float = DEFAULT_INTERVAL,
-                 grace: float = DEFAULT_GRACE, say: Callable[[str], None] | None = None):
+                 grace: float = DEFAULT_GRACE, say: Callable[[str], None] | None = None,
+                 max_retries: int = DEFAULT_MAX_RETRIES):
         if not grace > interval > 0:
             from mpsearch.errors import MpsearchError
 
@@ -161,7 +218,8 @@ class Driver:
         self.study = study
         self.target = target
         self.grace = float(grace)
-        self.heartbeat = Heartbeat(study._storage, interval)
+        self.max_retries = int(max_retries)
+        self.heartbeat = Heartbeat(study_storage(study), interval)
         self.say = say or (lambda message: None)
         self.requeued: list[int] = []  # trials of stopped drivers this driver failed and re-queued
         self.claimed = 0
@@ -173,7 +231,7 @@ class Driver:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
-            if exc_type is KeyboardInterrupt:
+            if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):  # SIGTERM too
                 reason = "its driver was interrupted"
             elif exc_type is not None:
                 reason = f"its driver stopped on {exc_type.__name__}: {exc}"
@@ -185,12 +243,20 @@ class Driver:
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
-        with study_lock(self.study._storage, self.study._study_id):
-            numbers = reconcile(self.study, self.grace)
+        with study_lock(study_storage(self.study), study_id(self.study)):
+            numbers = reconcile(self.study, self.grace, self.max_retries)
             if numbers:
                 self.requeued += numbers
-                self.say(f"re-queued trial(s) {', '.join(map(str, numbers))} left running by a "
-                         f"driver that stopped")
+                dropped = {t.number for t in self.study.get_trials(deepcopy=False)
+                           if t.number in numbers and t.user_attrs.get(GAVE_UP)}
+                again = [n for n in numbers if n not in dropped]
+                if again:
+                    self.say(f"re-queued trial(s) {', '.join(map(str, again))} left running by a "
+                             f"driver that stopped")
+                if dropped:
+                    self.say(f"failed trial(s) {', '.join(map(str, sorted(dropped)))} for good: "
+                             f"their point ran {self.max_retries + 1} times and its driver died "
+                             f"each time ([resources] max_retries)")
             yield
 
     def count(self) -> int:
@@ -210,24 +276,25 @@ class Driver:
 
     def started(self, trial) -> None:
         """Take charge of a trial just asked: who runs it, its grace period, its first heartbeat."""
-        storage = self.study._storage
-        storage.set_trial_system_attr(trial._trial_id, DRIVER_ATTR, self.name)
-        storage.set_trial_system_attr(trial._trial_id, GRACE_ATTR, self.grace)
-        self.heartbeat.add(trial._trial_id)
+        storage = study_storage(self.study)
+        storage.set_trial_system_attr(trial_id(trial), DRIVER_ATTR, self.name)
+        storage.set_trial_system_attr(trial_id(trial), GRACE_ATTR, self.grace)
+        self.heartbeat.add(trial_id(trial))
         self.claimed += 1
 
     def finished(self, trial) -> None:
         """Stop beating for a trial this driver has told (or is about to)."""
-        self.heartbeat.discard(trial._trial_id)
+        self.heartbeat.discard(trial_id(trial))
 
     def still_running(self, trial) -> bool:
         """Whether this driver's trial is still RUNNING, so its result may be told.
 
-        False (with a warning) when another driver failed it as stale meanwhile.
+        False (with a warning) when another driver failed it as stale meanwhile. Ask it
+        holding the study's lock, and tell the result before releasing it.
         """
         from optuna.trial import TrialState
 
-        if self.study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
+        if study_storage(self.study).get_trial(trial_id(trial)).state == TrialState.RUNNING:
             return True
         print(f"mpsearch: trial {trial.number} was failed by another driver because its heartbeat "
               f"was late (more than {self.grace:g} s); its parameters were re-queued, and this "
@@ -237,11 +304,15 @@ class Driver:
     def abandon(self, reason: str) -> list[int]:
         """Fail and re-queue the trials this driver claimed and did not finish."""
         numbers = []
-        for trial_id in sorted(self.heartbeat.trials()):
-            number = orphan(self.study, trial_id, reason)
-            self.heartbeat.discard(trial_id)
-            if number is not None:
-                numbers.append(number)
+        mine = sorted(self.heartbeat.trials())
+        if not mine:
+            return numbers
+        with study_lock(study_storage(self.study), study_id(self.study)):
+            for tid in mine:
+                number = orphan(self.study, tid, reason, max_retries=None)
+                self.heartbeat.discard(tid)
+                if number is not None:
+                    numbers.append(number)
         return numbers
 
     def wait_for_others(self) -> bool:

@@ -171,11 +171,12 @@ def ensure_float_start(study, spec, host, artefacts: Path,
         return found
     import optuna
 
+    from mpsearch.optuna_private import study_id, study_storage
     from mpsearch.storage import study_lock
 
     say = say or (lambda message: None)
-    with study_lock(study._storage, study._study_id):
-        fresh = optuna.load_study(study_name=study.study_name, storage=study._storage)
+    with study_lock(study_storage(study), study_id(study)):
+        fresh = optuna.load_study(study_name=study.study_name, storage=study_storage(study))
         found = recorded(fresh)  # another driver made it while this one waited
         if found is not None:
             return found

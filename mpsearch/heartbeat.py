@@ -102,33 +102,32 @@ def stale_trials(storage: Any, study_id: int, grace: float = DEFAULT_GRACE) -> d
         grace: the grace period (seconds) for trials that do not carry their own.
     """
     import sqlalchemy
-    from optuna.storages._rdb import models
     from optuna.trial import TrialState
+
+    from mpsearch.optuna_private import heartbeat_table, rdb_storage, trial_id
 
     running = storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
     if not running:
         return {}
-    from mpsearch.storage import rdb
-
-    table = models.TrialHeartbeatModel.__table__
-    with rdb(storage).engine.connect() as conn:
+    table = heartbeat_table()
+    with rdb_storage(storage).engine.connect() as conn:
         now = conn.execute(sqlalchemy.select(sqlalchemy.func.now())).scalar()
         beats = dict(conn.execute(sqlalchemy.select(table.c.trial_id, table.c.heartbeat)
-                                  .where(table.c.trial_id.in_([t._trial_id for t in running]))).all())
+                                  .where(table.c.trial_id.in_([trial_id(t) for t in running]))).all())
     now = _naive(now)
     stale = {}
     for trial in running:
         own = trial.system_attrs.get(GRACE_ATTR)
         limit = float(own) if isinstance(own, (int, float)) and own > 0 else grace
-        beat = beats.get(trial._trial_id)
+        beat = beats.get(trial_id(trial))
         if beat is not None:
             age = (now - _naive(beat)).total_seconds()
             if age > limit:
-                stale[trial._trial_id] = f"no heartbeat for {age:.0f} s, grace period {limit:g} s"
+                stale[trial_id(trial)] = f"no heartbeat for {age:.0f} s, grace period {limit:g} s"
         elif trial.datetime_start is not None:
             age = (datetime.now() - trial.datetime_start).total_seconds()
             if age > limit:
-                stale[trial._trial_id] = (f"started {age:.0f} s ago without a heartbeat, "
+                stale[trial_id(trial)] = (f"started {age:.0f} s ago without a heartbeat, "
                                           f"grace period {limit:g} s")
     return stale
 

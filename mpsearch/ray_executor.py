@@ -9,7 +9,12 @@ subclassed to fix what it gets wrong for mpsearch:
 - per-epoch metrics of a multi-objective study are kept as the trial's
   ``history`` user attribute (Optuna cannot report intermediate values there);
 - the trainable never raises for a trial's own failure: it reports the failure,
-  so the study goes on and the message is stored.
+  so the study goes on and the message is stored;
+- a result is recorded under the study's lock, where other drivers fail stale
+  trials (see :mod:`mpsearch.driver`);
+- the searcher Tune pickles into its experiment folder (``tuner.pkl``) holds
+  neither the storage nor the study, so no storage URL or password reaches that
+  folder; trials load the plugins the driver checked the spec with.
 
 Trials run as Tune trials with ``{"cpu": c, "gpu": g}`` resources, on a local Ray
 runtime (``ray.init(num_cpus=...)``) or an existing cluster (``address``).
@@ -25,7 +30,17 @@ from pathlib import Path
 from typing import Any
 
 from mpsearch.errors import MpsearchError
+from mpsearch.optuna_private import (
+    SEARCHER_STORAGE_ATTRS,
+    searcher_completed,
+    searcher_study,
+    searcher_study_name,
+    searcher_trials,
+    study_id,
+    study_storage,
+)
 from mpsearch.spec import StudySpec, parse_spec
+from mpsearch.storage import study_lock
 from mpsearch.study import Progress, _json_safe, define_space
 from mpsearch.trial import ATTR_FAIL, ATTR_HISTORY, checkpoint_folder, run_trial
 
@@ -38,7 +53,8 @@ RETRY_OF = "_retry_of"
 ATTR_NODE = "ray_node"  # the Ray node that ran the trial (its last attempt)
 
 
-def _trainable(config: dict, spec_dict: dict, artefacts: str, threads: int) -> None:
+def _trainable(config: dict, spec_dict: dict, artefacts: str, threads: int,
+               plugins: tuple[str, ...] = ()) -> None:
     """One trial in a Ray worker: run it and report its outcome as the final result."""
     import ray
     from ray import tune
@@ -54,7 +70,8 @@ def _trainable(config: dict, spec_dict: dict, artefacts: str, threads: int) -> N
     outcome = run_trial(spec, int(config[NUMBER]), config["strategy"], config["params"],
                         artefacts=Path(artefacts), threads=threads, reporter=reporter,
                         resume_from=None if retry_of is None
-                        else checkpoint_folder(Path(artefacts), int(retry_of)))
+                        else checkpoint_folder(Path(artefacts), int(retry_of)),
+                        plugins=plugins)
     outcome.attrs[ATTR_NODE] = ray.get_runtime_context().get_node_id()
     final: dict[str, Any] = {DONE: True, ATTRS: json.dumps(_json_safe(outcome.attrs))}
     if outcome.values is not None:
@@ -82,9 +99,13 @@ def _searcher_class():
             self._histories: dict[str, list] = {}
 
         def __getstate__(self) -> dict:
-            # Tune pickles its searcher with the tuner (for Tuner.restore, which mpsearch does
-            # not use); the driver's heartbeat thread and locks stay in this process.
-            return {**self.__dict__, "_driver": None}
+            # Tune pickles its searcher with the tuner into the experiment folder (for
+            # Tuner.restore, which mpsearch does not use), a folder every node reads: the
+            # storage (its URL holds the password) and the driver's threads stay here.
+            state = {**self.__dict__, "_driver": None}
+            for key in SEARCHER_STORAGE_ATTRS:
+                state.pop(key, None)
+            return state
 
         def suggest(self, trial_id: str):
             if self._driver is None:
@@ -94,11 +115,11 @@ def _searcher_class():
                     if not allowed:
                         return self.FINISHED
                     config = super().suggest(trial_id)
-                    self._driver.started(self._ot_trials[trial_id])
+                    self._driver.started(searcher_trials(self)[trial_id])
             if config is None:
                 return None
-            config[NUMBER] = self._ot_trials[trial_id].number
-            retry_of = self._ot_trials[trial_id].user_attrs.get("retry_of")
+            config[NUMBER] = searcher_trials(self)[trial_id].number
+            retry_of = searcher_trials(self)[trial_id].user_attrs.get("retry_of")
             if retry_of is not None:
                 config[RETRY_OF] = int(retry_of)
             if self._progress is not None:
@@ -109,34 +130,44 @@ def _searcher_class():
         def save(self, checkpoint_path: str) -> None:
             # Tune checkpoints its searcher for experiment restore; mpsearch resumes from
             # the Optuna storage instead (the search space is a closure and cannot pickle).
-            Path(checkpoint_path).write_text(json.dumps({"study": self._study_name}))
+            Path(checkpoint_path).write_text(json.dumps({"study": searcher_study_name(self)}))
 
         def restore(self, checkpoint_path: str) -> None:
             raise MpsearchError("Ray experiment restore is not used; resume the study with "
                                 "'mpsearch study run NAME'.")
 
         def on_trial_result(self, trial_id: str, result: dict) -> None:
-            if EPOCH not in result or trial_id not in self._ot_trials:
+            if EPOCH not in result or trial_id not in searcher_trials(self):
                 return
             from optuna.exceptions import UpdateFinishedTrialError
 
             history = self._histories.setdefault(trial_id, [])
             history.append(json.loads(result[EPOCH]))
             try:
-                self._ot_trials[trial_id].set_user_attr(ATTR_HISTORY, history)
+                searcher_trials(self)[trial_id].set_user_attr(ATTR_HISTORY, history)
             except UpdateFinishedTrialError:  # another driver judged it stale and failed it
                 return
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None,
                               error: bool = False) -> None:
+            from contextlib import nullcontext
+
+            if trial_id in searcher_completed(self) or trial_id not in searcher_trials(self):
+                return
+            study = searcher_study(self)
+            # checked and written under the lock where other drivers fail stale trials
+            lock = (study_lock(study_storage(study), study_id(study)) if self._driver is not None
+                    else nullcontext())
+            with lock:
+                self._record(trial_id, result, error)
+
+        def _record(self, trial_id: str, result: dict | None, error: bool) -> None:
             from optuna.trial import TrialState
 
-            if trial_id in self._completed_trials or trial_id not in self._ot_trials:
-                return
-            ot_trial = self._ot_trials[trial_id]
+            ot_trial = searcher_trials(self)[trial_id]
             if self._driver is not None and not self._driver.still_running(ot_trial):
                 self._driver.finished(ot_trial)  # another driver failed it as stale
-                self._completed_trials.add(trial_id)
+                searcher_completed(self).add(trial_id)
                 return
             values, reason = None, None
             if result and result.get(DONE):
@@ -145,7 +176,7 @@ def _searcher_class():
                     ot_trial.set_user_attr(key, value)
                 from mpsearch.artifacts import register_trial_artefacts  # listed by Optuna Dashboard
 
-                register_trial_artefacts(self._ot_study, ot_trial, attrs)
+                register_trial_artefacts(searcher_study(self), ot_trial, attrs)
                 if VALUES in result:
                     found = json.loads(result[VALUES])
                     values = [found.get(n) for n in self._objective_names]
@@ -159,12 +190,12 @@ def _searcher_class():
                           + (" (its worker raised or died)" if error else " (stopped early)"))
             if values is None:
                 ot_trial.set_user_attr(ATTR_FAIL, reason)
-                self._ot_study.tell(ot_trial, state=TrialState.FAIL)
+                searcher_study(self).tell(ot_trial, state=TrialState.FAIL)
             else:
-                self._ot_study.tell(ot_trial, values)
+                searcher_study(self).tell(ot_trial, values)
             if self._driver is not None:
                 self._driver.finished(ot_trial)
-            self._completed_trials.add(trial_id)
+            searcher_completed(self).add(trial_id)
             if self._progress is not None:
                 self._progress.finished(None if values is None else
                                         dict(zip(self._objective_names, values)))
@@ -217,7 +248,8 @@ def run_with_ray(study, spec: StudySpec, host, remaining: int, storage_url: str 
             progress=progress, driver=driver)
         trainable = tune.with_resources(
             tune.with_parameters(_trainable, spec_dict=spec.to_dict(), artefacts=str(artefacts),
-                                 threads=max(1, int(spec.resources.cpus_per_trial))),
+                                 threads=max(1, int(spec.resources.cpus_per_trial)),
+                                 plugins=tuple(host.sources)),
             {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial})
         tuner = tune.Tuner(
             trainable,

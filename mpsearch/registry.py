@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -11,7 +11,7 @@ from mpsearch.errors import DuplicateNameError, PluginError, UnknownNameError
 
 T = TypeVar("T")
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@+-]*$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@+-]*")
 
 
 @dataclass(frozen=True)
@@ -31,20 +31,28 @@ class Entry(Generic[T]):
 class Registry(Generic[T]):
     """Names of one kind (strategy, objective, ...) mapped to what plugins registered.
 
-    Rejects invalid names, duplicates and objects that fail ``check``; answers an
-    unknown name with close matches and the list of what exists.
+    Rejects invalid names, reserved names, duplicates and objects that fail ``check``;
+    answers an unknown name with close matches and the list of what exists.
+
+    Args:
+        reserved: names no plugin may register, each with what it already means.
     """
 
-    def __init__(self, kind: str, check: Callable[[Any], bool], expected: str):
+    def __init__(self, kind: str, check: Callable[[Any], bool], expected: str,
+                 reserved: Mapping[str, str] | None = None):
         self.kind = kind
         self._check = check
         self._expected = expected
+        self._reserved = dict(reserved or {})
         self._entries: dict[str, Entry[T]] = {}
 
     def add(self, name: str, obj: T, plugin: str) -> None:
-        if not isinstance(name, str) or not _NAME.match(name):
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise PluginError(f"plugin {plugin!r} registered a {self.kind} with an invalid name "
                               f"{name!r}: use letters, digits and _ . : @ + -.")
+        if name in self._reserved:
+            raise PluginError(f"plugin {plugin!r} registered the {self.kind} name {name!r}, which is "
+                              f"reserved for {self._reserved[name]}; rename it.")
         if not self._check(obj):
             raise PluginError(f"plugin {plugin!r} registered {self.kind} {name!r} as "
                               f"{type(obj).__name__}; expected {self._expected}.")

@@ -164,7 +164,8 @@ def reference_point(study: optuna.Study, host: Any = None) -> Reference:
     largest cost for a minimised one); with no completed trial, to 0.
 
     Args:
-        host: a :class:`~mpsearch.host.PluginHost` (default: one with the spec's plugins).
+        host: a :class:`~mpsearch.host.PluginHost` (default: the built-in and installed
+            plugins; the plugin files a study's spec lists are never imported to read it).
     """
     dirs = directions(study)
     floats = _float_costs(study, host)
@@ -194,10 +195,10 @@ def _float_costs(study: optuna.Study, host: Any) -> dict[str, float]:
         return {}
     try:
         spec = parse_spec(raw, source=f"study {study.study_name!r}")
-        if host is None:
+        if host is None:  # reading a study runs none of the code it names
             from mpsearch.host import PluginHost
 
-            host = PluginHost(spec.plugins)
+            host = PluginHost()
         profile = _float_profile(study, spec, host)
         floats = PrecisionAssignment.uniform(profile, FLOAT_BITS, FLOAT_BITS, scale_bits=0)
         backend = host.backends.get(spec.backend)
@@ -297,10 +298,18 @@ def strategy_summary(study: optuna.Study, reference: Reference | None = None,
 
 
 def export_format(path: str | Path | None, format: str | None) -> str:
-    """The format to write: ``format`` if given, else the path's suffix, else csv."""
+    """The format to write: ``format`` if given, else the path's suffix, else (no suffix) csv.
+
+    Raises:
+        MpsearchError: an unknown format, or a suffix that names none of them.
+    """
     if format is None:
         suffix = Path(path).suffix.lower() if path else ""
-        format = next((f for f, ext in FORMATS.items() if ext == suffix), "csv")
+        format = next((f for f, ext in FORMATS.items() if ext == suffix), None if suffix else "csv")
+        if format is None:
+            raise MpsearchError(f"cannot tell the export format of {str(path)!r} from its suffix "
+                                f"{suffix!r}; name the file .csv, .json or .parquet, or give "
+                                f"--format.")
     if format not in FORMATS:
         raise MpsearchError(f"export format {format!r} is not one of {', '.join(FORMATS)}.")
     return format

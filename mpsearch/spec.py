@@ -21,6 +21,18 @@ Example::
     [resources]
     cpus_per_trial = 1
     max_concurrent = 2
+
+``plugins = ["my_plugin.py", "my_package.plugin"]`` (top level) names plugin files
+(paths relative to the spec) and modules the study needs. ``mpsearch study create``
+loads them, and the study records every plugin it was checked with, each file as
+an absolute path with the sha256 of its content (``/abs/my_plugin.py#sha256=…``).
+Reading a study (``list``, ``show``, ``export``, ``plot``) never imports them.
+``mpsearch study run`` loads only installed plugins and ``--plugin`` files, and the
+recorded ones only with ``--trust-spec-plugins``, each only if its content still
+has the recorded sha256.
+
+``[study] storage`` may be a URL with a password; the dict a spec is stored as
+(:meth:`StudySpec.to_dict`) never holds it.
 """
 
 from __future__ import annotations
@@ -47,7 +59,25 @@ EXECUTORS = ("ray", "local")
 # strategy n mod k, so every strategy gets its share of the trials (method comparisons).
 STRATEGY_CHOICES = ("sampler", "round-robin")
 ACCURACY = "accuracy"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+MAX_NAME = 100  # a study name names a folder and files: well below a file system's 255 bytes
+MAX_SEED = 2**32 - 1  # the samplers seed NumPy, which takes 32 bits
+
+
+def check_study_name(name: object, where: str = "[study] name") -> str:
+    """Return ``name`` if it is a valid study name: letters, digits, ``_ . -``, at most
+    :data:`MAX_NAME` characters, not starting with a dot or a dash.
+
+    Raises:
+        SpecError: otherwise (a name read back from a database is checked too: it
+            names folders and files, and must never lead out of them).
+    """
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise SpecError(f"{where} {name!r} may use only letters, digits, _ . - "
+                        f"(starting with a letter or digit).")
+    if len(name) > MAX_NAME:
+        raise SpecError(f"{where} is {len(name)} characters long; at most {MAX_NAME}.")
+    return name
 
 
 class SpecError(MpsearchError):
@@ -258,6 +288,10 @@ class StudySpec:
                                for o in self.study.objectives]
         if study["storage"] is None:
             del study["storage"]
+        else:  # the dict is stored, checkpointed and handed to Ray: never with a password
+            from mpsearch.storage import url_without_password
+
+            study["storage"] = url_without_password(study["storage"])
         data = {k: v for k, v in asdict(self.data).items() if v is not None}
         return {
             "version": SPEC_VERSION,
@@ -318,14 +352,12 @@ def parse_spec(raw: Mapping[str, Any], source: str = "spec", host=None,
     r.keys(s, "study", {"name", "objectives", "sampler", "n_trials", "seed", "storage",
                         "strategy_choice"},
            required={"name", "objectives", "n_trials"})
-    name = r.string(s, "study", "name")
-    if not _NAME.match(name):
-        raise SpecError(f"{source}: [study] name {name!r} may use only letters, digits, _ . -.")
+    name = check_study_name(r.string(s, "study", "name"), f"{source}: [study] name")
     objectives = _objectives(r, s.get("objectives"), host)
     study = StudySection(
         name=name, objectives=objectives, n_trials=r.integer(s, "study", "n_trials", low=1),
         sampler=r.choice(s, "study", "sampler", SAMPLERS, "tpe"),
-        seed=r.integer(s, "study", "seed", low=0, default=0),
+        seed=r.integer(s, "study", "seed", low=0, default=0, high=MAX_SEED),
         storage=r.string(s, "study", "storage", default=None),
         strategy_choice=r.choice(s, "study", "strategy_choice", STRATEGY_CHOICES, "sampler"))
 
@@ -563,7 +595,8 @@ class _Reader:
             raise self.fail(section, key, f"must be a non-empty string, not {t[key]!r}.")
         return t[key]
 
-    def integer(self, t: Mapping, section: str, key: str, low: int = 0, default: Any = ...) -> Any:
+    def integer(self, t: Mapping, section: str, key: str, low: int = 0, default: Any = ...,
+                high: int | None = None) -> Any:
         if key not in t:
             if default is ...:
                 raise self.fail(section, key, "is required.")
@@ -571,6 +604,8 @@ class _Reader:
         v = t[key]
         if isinstance(v, bool) or not isinstance(v, int) or v < low:
             raise self.fail(section, key, f"must be an integer >= {low}, not {v!r}.")
+        if high is not None and v > high:
+            raise self.fail(section, key, f"must be an integer from {low} to {high}, not {v!r}.")
         return v
 
     def boolean(self, t: Mapping, section: str, key: str, default: bool) -> bool:

@@ -2,8 +2,17 @@
 
 The database is the truth about a study: its spec, every trial's parameters,
 values and attributes. Artefacts too large for a database row (assignments,
-quantized weights) go to ``mpsearch-studies/<study>/`` beside the SQLite file (or
-in the working directory for a server database).
+quantized weights) go to ``mpsearch-studies/<study>-<id>/`` beside the SQLite file
+(or in the working directory for a server database), where ``<id>`` begins the
+study's own UUID (the study attribute ``mpsearch_study_id``): two studies of one
+name, in two databases or one after the other, never share a folder, and a folder
+marked as another study's is refused.
+
+A storage URL's password never leaves this process: messages show the URL with
+``***`` (:func:`shown_url`), and nothing mpsearch stores or hands to Ray holds it.
+Give it in the URL, or leave it out and let the PostgreSQL driver read
+``PGPASSWORD`` or ``~/.pgpass``; the command line also reads the whole URL from
+``MPSEARCH_STORAGE``.
 
 Any SQLAlchemy URL whose driver is installed works. PostgreSQL
 (``postgresql+psycopg://USER[:PASSWORD]@HOST:PORT/DB``, driver from the
@@ -13,19 +22,25 @@ several drivers share a study from different machines (see :mod:`mpsearch.driver
 
 from __future__ import annotations
 
+import json
 import sqlite3
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from mpsearch.errors import MpsearchError
+from mpsearch.optuna_private import rdb_storage, study_id, study_storage
 
 DEFAULT_STORAGE = "sqlite:///mpsearch.db"
+STORAGE_ENV = "MPSEARCH_STORAGE"  # the command line's --storage, for a URL kept off command lines
 STUDIES_DIR = "mpsearch-studies"
 SPEC_ATTR = "mpsearch_spec"
 OBJECTIVES_ATTR = "objectives"
 UNITS_ATTR = "units"
+STUDY_ID_ATTR = "mpsearch_study_id"  # the study's UUID, which names its artefact folder
+FOLDER_MARK = ".mpsearch-study.json"  # in an artefact folder: whose it is
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -34,6 +49,50 @@ def sqlite_path(url: str) -> Path | None:
         return None
     path = url[len("sqlite:///"):]
     return None if path in ("", ":memory:") else Path(path)
+
+
+def _in_memory(url: str) -> bool:
+    return url.startswith("sqlite:") and sqlite_path(url) is None
+
+
+def shown_url(url: str | None) -> str:
+    """The URL as messages show it: its password, if any, replaced by ``***``."""
+    url = url or DEFAULT_STORAGE
+    try:
+        import sqlalchemy
+
+        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - not a URL: nothing parseable to hide, but be safe
+        head, at, tail = url.rpartition("@")
+        return f"{head.split(':', 1)[0]}:***@{tail}" if at and "://" in head else url
+
+
+def url_without_password(url: str | None) -> str:
+    """The URL with its password removed (the driver then reads PGPASSWORD or ~/.pgpass)."""
+    url = url or DEFAULT_STORAGE
+    import sqlalchemy
+
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except Exception:  # noqa: BLE001
+        return shown_url(url)
+    if parsed.password is None:
+        return url
+    # URL.set(password=None) keeps the password: None there means "unchanged"
+    return sqlalchemy.engine.URL.create(
+        parsed.drivername, username=parsed.username, host=parsed.host, port=parsed.port,
+        database=parsed.database, query=parsed.query).render_as_string(hide_password=False)
+
+
+def password_of(url: str | None) -> str | None:
+    """The password a URL holds, or None."""
+    import sqlalchemy
+
+    try:
+        secret = sqlalchemy.engine.make_url(url or DEFAULT_STORAGE).password
+    except Exception:  # noqa: BLE001
+        return None
+    return str(secret) if secret else None
 
 
 def open_storage(url: str | None, *, create: bool = False) -> Any:
@@ -48,6 +107,9 @@ def open_storage(url: str | None, *, create: bool = False) -> Any:
     import optuna
 
     url = url or DEFAULT_STORAGE
+    if _in_memory(url):
+        raise MpsearchError(f"storage {url!r} is an in-memory database, gone when this command "
+                            f"ends; give a file, e.g. {DEFAULT_STORAGE}.")
     path = sqlite_path(url)
     if path is not None:
         if not path.exists() and not create:
@@ -122,7 +184,28 @@ def _engine_kwargs(url: str) -> dict[str, Any]:
 
 def rdb(storage: Any) -> Any:
     """The ``RDBStorage`` itself, also behind the cache a ``Study`` wraps it in."""
-    return getattr(storage, "_backend", storage)
+    return rdb_storage(storage)
+
+
+def storage_error(exc: BaseException) -> str | None:
+    """One line for a database error met while reading or writing a study, or None if not one.
+
+    SQLAlchemy wraps the driver's message in a page of context (Optuna wraps that
+    again); the driver's own first line says what happened: a read-only file, a full
+    disk, a lost server.
+    """
+    import sqlalchemy.exc
+    from optuna.exceptions import StorageInternalError
+
+    if not isinstance(exc, (StorageInternalError, sqlalchemy.exc.SQLAlchemyError)):
+        return None
+    cause: BaseException = exc
+    while isinstance(cause, StorageInternalError) and cause.__cause__ is not None:
+        cause = cause.__cause__
+    cause = getattr(cause, "orig", None) or cause
+    lines = [" ".join(line.split()) for line in str(cause).splitlines() if line.strip()]
+    text = lines[0] if lines else type(cause).__name__
+    return f"the study storage failed: {text[:300]}"
 
 
 @contextmanager
@@ -144,7 +227,7 @@ def study_lock(storage: Any, study_id: int) -> Iterator[None]:
             return
         import fcntl
 
-        with open(f"{database}.lock", "a+b") as f:
+        with _lock_file(Path(database)) as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             try:
                 yield
@@ -175,6 +258,26 @@ def study_lock(storage: Any, study_id: int) -> Iterator[None]:
 
 
 _LOCK_SPACE = 0x6D707363  # "mpsc": keeps mpsearch's advisory locks apart from other users'
+
+
+def _lock_file(database: Path):
+    """``FILE.lock`` beside the database's real file (a symlink shares its target's lock), open.
+
+    ``flock`` needs no write access, so an existing lock file that is read-only is opened
+    for reading.
+    """
+    path = Path(f"{database.resolve()}.lock")
+    try:
+        return open(path, "a+b")  # noqa: SIM115 - closed by the caller's with
+    except PermissionError as exc:
+        first = exc
+    except OSError as exc:
+        raise MpsearchError(f"cannot open the lock file {str(path)!r}: {exc.strerror or exc}.") from None
+    try:
+        return open(path, "rb")  # noqa: SIM115
+    except OSError:
+        raise MpsearchError(f"cannot create the lock file {str(path)!r} beside the database: "
+                            f"{first.strerror or first}; make its folder writable.") from None
 
 
 def _check_sqlite(path: Path, url: str) -> None:
@@ -209,11 +312,76 @@ def _check_sqlite(path: Path, url: str) -> None:
                             f"Optuna one (no 'studies' table); give another file.")
 
 
-def study_dir(url: str | None, name: str) -> Path:
-    """The artefact folder of study ``name`` stored at ``url``."""
+def study_dir(url: str | None, name: str, uid: str | None = None) -> Path:
+    """The artefact folder of study ``name`` stored at ``url``, whose UUID is ``uid``.
+
+    ``mpsearch-studies/<name>-<first 12 hex digits of uid>``; a study created before
+    studies had ids (``uid`` None) keeps ``mpsearch-studies/<name>``.
+
+    Raises:
+        MpsearchError: ``name`` is not a valid study name (it may come from a database
+            that another program wrote: it must never lead outside the folder).
+    """
+    from mpsearch.spec import check_study_name
+
+    check_study_name(name, "study name")
     path = sqlite_path(url or DEFAULT_STORAGE)
     base = path.resolve().parent if path is not None else Path.cwd()
-    return base / STUDIES_DIR / name
+    if uid is None:
+        return base / STUDIES_DIR / name
+    return base / STUDIES_DIR / f"{name}-{uuid.UUID(uid).hex[:12]}"
+
+
+def new_study_id() -> str:
+    return str(uuid.uuid4())
+
+
+def claim_study_dir(url: str | None, study: Any) -> Path:
+    """The artefact folder of ``study``, created and marked as its own.
+
+    The study's UUID is read from the study (and given to a study that has none,
+    under the study's lock). The folder holds :data:`FOLDER_MARK` naming the study
+    and its UUID; a folder marked for another study is refused, so two studies never
+    write each other's trials.
+
+    Raises:
+        MpsearchError: the folder belongs to another study, or cannot be created.
+    """
+    uid = study.user_attrs.get(STUDY_ID_ATTR)
+    if uid is None:  # made before studies had ids: keep its folder, and mark it as its own now
+        with study_lock(study_storage(study), study_id(study)):
+            uid = study_storage(study).get_study_user_attrs(study_id(study)).get(STUDY_ID_ATTR)
+            if uid is None:
+                uid = new_study_id()
+                study.set_user_attr(STUDY_ID_ATTR, uid)
+        folder = study_dir(url, study.study_name)
+    else:
+        try:
+            uuid.UUID(str(uid))
+        except ValueError:
+            raise MpsearchError(f"study {study.study_name!r} has an invalid {STUDY_ID_ATTR} "
+                                f"{uid!r}; it must be a UUID.") from None
+        folder = study_dir(url, study.study_name, str(uid))
+    mark = folder / FOLDER_MARK
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if mark.is_file():
+            try:
+                owner = json.loads(mark.read_text())
+            except (OSError, ValueError):
+                owner = {}
+            if not isinstance(owner, dict) or owner.get("study_id") != uid:
+                who = owner.get("study") if isinstance(owner, dict) else None
+                raise MpsearchError(f"the artefact folder {str(folder)!r} belongs to another study"
+                                    + (f" ({who!r}, id {owner.get('study_id')})" if who else "")
+                                    + f", not to study {study.study_name!r} (id {uid}); move that "
+                                      f"folder away or run the study from another folder.")
+        else:  # a new folder, or the folder of a study made before folders were marked
+            mark.write_text(json.dumps({"study": study.study_name, "study_id": uid}) + "\n")
+    except OSError as exc:
+        raise MpsearchError(f"cannot use the artefact folder {str(folder)!r}: "
+                            f"{exc.strerror or exc}.") from None
+    return folder
 
 
 def load_study(url: str | None, name: str) -> Any:

@@ -44,13 +44,17 @@ from mpsearch.errors import MpsearchError
 from mpsearch.float_start import ensure_float_start
 from mpsearch.heartbeat import DEFAULT_GRACE, DEFAULT_INTERVAL
 from mpsearch.spec import ACCURACY, StudySpec, parse_spec
+from mpsearch.optuna_private import study_id, study_storage
 from mpsearch.storage import (
     OBJECTIVES_ATTR,
     SPEC_ATTR,
+    STUDY_ID_ATTR,
     UNITS_ATTR,
+    claim_study_dir,
     load_study,
+    new_study_id,
     open_storage,
-    study_dir,
+    shown_url,
     study_lock,
 )
 from mpsearch.trial import TrialOutcome, checkpoint_folder, run_trial
@@ -104,19 +108,35 @@ def define_space(spec: StudySpec, host) -> Callable[[Any], dict[str, Any]]:
 def create_study(spec: StudySpec, storage_url: str | None, host) -> Any:
     """Create the study in the storage (SQLite file created if needed).
 
+    The stored spec names each plugin file with the sha256 of its content (see
+    :func:`mpsearch.host.pin_plugin`) and never holds a storage password; the study
+    gets a UUID of its own (``mpsearch_study_id``), which names its artefact folder.
+
     Raises:
-        MpsearchError: a study of that name already exists there.
+        MpsearchError: a study of that name already exists there (also when another
+            process creates it at the same moment).
     """
+    from dataclasses import replace
+
     import optuna
 
+    from mpsearch.host import pin_plugin
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    spec = replace(spec, plugins=tuple(dict.fromkeys(pin_plugin(p) for p in spec.plugins)))
     storage = open_storage(storage_url, create=True)
+    exists = MpsearchError(f"study {spec.name!r} already exists in {shown_url(storage_url)}; "
+                           f"continue it with 'mpsearch study run {spec.name}' or choose another "
+                           f"[study] name.")
     if spec.name in optuna.get_all_study_names(storage):
-        raise MpsearchError(f"study {spec.name!r} already exists in {storage_url!r}; continue it with "
-                            f"'mpsearch study run {spec.name}' or choose another [study] name.")
+        raise exists
     directions = [o.direction for o in spec.study.objectives]
-    study = optuna.create_study(study_name=spec.name, storage=storage, directions=directions,
-                                sampler=make_sampler(spec))
+    try:
+        study = optuna.create_study(study_name=spec.name, storage=storage, directions=directions,
+                                    sampler=make_sampler(spec))
+    except optuna.exceptions.DuplicatedStudyError:  # another driver created it just now
+        raise exists from None
+    study.set_user_attr(STUDY_ID_ATTR, new_study_id())
     with warnings.catch_warnings():  # experimental since Optuna 3.2; what its CLI, plots and dashboard read
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names([o.name for o in spec.study.objectives])
@@ -184,21 +204,28 @@ class Progress:
 def record(study, trial, spec: StudySpec, outcome: TrialOutcome, driver: Driver | None = None) -> None:
     """Store a finished trial: attributes, then COMPLETE with its values or FAIL.
 
-    Nothing is stored when ``driver`` finds the trial failed by another driver meanwhile.
+    With a ``driver``, all of it happens under the study's lock, where another driver
+    fails stale trials: the trial is either still RUNNING and gets its whole record,
+    or was failed by another driver meanwhile, and nothing is stored (with a warning).
     """
+    from contextlib import nullcontext
+
     from optuna.trial import TrialState
 
-    if driver is not None and not driver.still_running(trial):
-        return
-    for key, value in _json_safe(outcome.attrs).items():
-        trial.set_user_attr(key, value)
-    from mpsearch.artifacts import register_trial_artefacts  # listed by Optuna Dashboard
+    lock = (study_lock(study_storage(study), study_id(study)) if driver is not None
+            else nullcontext())
+    with lock:
+        if driver is not None and not driver.still_running(trial):
+            return
+        for key, value in _json_safe(outcome.attrs).items():
+            trial.set_user_attr(key, value)
+        from mpsearch.artifacts import register_trial_artefacts  # listed by Optuna Dashboard
 
-    register_trial_artefacts(study, trial, outcome.attrs)
-    if outcome.failed:
-        study.tell(trial, state=TrialState.FAIL)
-    else:
-        study.tell(trial, [outcome.values[o.name] for o in spec.study.objectives])
+        register_trial_artefacts(study, trial, outcome.attrs)
+        if outcome.failed:
+            study.tell(trial, state=TrialState.FAIL)
+        else:
+            study.tell(trial, [outcome.values[o.name] for o in spec.study.objectives])
 
 
 def run_study(name: str, storage_url: str | None, host, *, n_trials: int | None = None,
@@ -225,10 +252,11 @@ def run_study(name: str, storage_url: str | None, host, *, n_trials: int | None 
     spec = stored_spec(study, host)
     study.sampler = make_sampler(spec)
     say = (lambda message: print(message, file=sys.stderr)) if progress else None
-    driver = Driver(study, spec.study.n_trials, interval=heartbeat, grace=grace, say=say)
+    driver = Driver(study, spec.study.n_trials, interval=heartbeat, grace=grace, say=say,
+                    max_retries=spec.resources.max_retries)
     if n_trials is not None:
         driver.target = driver.count() + n_trials
-    artefacts = study_dir(storage_url, name)
+    artefacts = claim_study_dir(storage_url, study)  # this study's own; refuses another's
     ensure_float_start(study, spec, host, artefacts, say)
     executor = executor or spec.resources.executor
     started, timings = time.time(), {}
@@ -248,8 +276,8 @@ def run_study(name: str, storage_url: str | None, host, *, n_trials: int | None 
             if not driver.wait_for_others():
                 break
     if driver.claimed:
-        with study_lock(study._storage, study._study_id):  # another driver may append too
-            runs = list(optuna.load_study(study_name=name, storage=study._storage).user_attrs
+        with study_lock(study_storage(study), study_id(study)):  # another driver may append too
+            runs = list(optuna.load_study(study_name=name, storage=study_storage(study)).user_attrs
                         .get(RUNS, []))
             runs.append({"started": started, "executor": executor, "trials": driver.claimed,
                          "max_concurrent": spec.resources.max_concurrent,
@@ -285,7 +313,8 @@ def _run_local(study, spec: StudySpec, host, driver: Driver, remaining: int, art
                             artefacts=artefacts, threads=int(spec.resources.cpus_per_trial),
                             reporter=reporter,
                             resume_from=None if retry_of is None
-                            else checkpoint_folder(artefacts, int(retry_of)))
+                            else checkpoint_folder(artefacts, int(retry_of)),
+                            plugins=host.sources)  # the plugins the spec was checked with
         record(study, trial, spec, outcome, driver)
         driver.finished(trial)
         display.finished(outcome.values)

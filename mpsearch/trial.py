@@ -8,6 +8,7 @@ be re-run exactly on the same device and thread count.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -24,7 +25,7 @@ from torch import nn
 
 from mpsearch.assignment import PrecisionAssignment
 from mpsearch.backends import Backend
-from mpsearch.checkpoint import CheckpointMismatch, TrialCheckpointer
+from mpsearch.checkpoint import CheckpointMismatch, TrialCheckpointer, save_tensors
 from mpsearch.data import ImageData, resolve_root
 from mpsearch.errors import MpsearchError
 from mpsearch.models import model_profile
@@ -298,7 +299,8 @@ class TrialOutcome:
 def run_trial(spec: StudySpec, number: int, strategy: str, params: Mapping[str, Any], *,
               artefacts: Path | None = None, threads: int | None = None,
               reporter: Callable[[int, Mapping[str, float]], None] | None = None,
-              resume_from: Path | None = None) -> TrialOutcome:
+              resume_from: Path | None = None,
+              plugins: Sequence[str] | None = None) -> TrialOutcome:
     """Run one trial and return its values, or a failure with its reason.
 
     A strategy that raises, a non-finite loss, or an out-of-memory error fail the
@@ -310,7 +312,11 @@ def run_trial(spec: StudySpec, number: int, strategy: str, params: Mapping[str, 
     from that folder if it holds a checkpoint (Ray restarted the trial), or else
     from ``resume_from`` (the checkpoints of the trial this one re-runs). The
     checkpoints are deleted when the trial ends.
+
+    ``plugins`` (the driver's ``PluginHost.sources``) replaces the spec's list: the
+    trial loads the plugins its driver checked the spec with.
     """
+    spec = spec if plugins is None else dataclasses.replace(spec, plugins=tuple(plugins))
     started = time.perf_counter()
     seed = trial_seed(spec.study.seed, number)
     attrs: dict[str, Any] = {ATTR_STRATEGY: strategy, ATTR_PARAMS: dict(params), ATTR_SEED: seed}
@@ -340,6 +346,9 @@ def run_trial(spec: StudySpec, number: int, strategy: str, params: Mapping[str, 
         outcome = TrialOutcome(None, {ATTR_FAIL: f"out of memory: {str(exc).splitlines()[0]} "
                                                  f"Lower [training] batch_size or "
                                                  f"[resources] max_concurrent."})
+    except OSError as exc:  # a full disk or a folder that cannot be written, not the strategy
+        outcome = TrialOutcome(None, {ATTR_FAIL: f"cannot use {str(exc.filename or 'a file')!r}: "
+                                                 f"{exc.strerror or exc}"})
     except Exception as exc:  # noqa: BLE001 - a strategy's bug fails its trial, not the study
         outcome = TrialOutcome(None, {ATTR_FAIL: f"strategy {strategy!r} raised "
                                                  f"{type(exc).__name__}: {exc}"})
@@ -425,7 +434,8 @@ def _run(spec: StudySpec, number: int, seed: int, strategy_name: str, params: Ma
         folder = Path(artefacts) / f"trial-{number:05d}"
         folder.mkdir(parents=True, exist_ok=True)
         legal.replace(model=spec.model.name, strategy=strategy_name).save(folder / "assignment.json")
-        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, folder / "model.pt")
+        save_tensors({k: v.detach().cpu() for k, v in model.state_dict().items()},
+                     folder / "model.pt")  # a full disk raises OSError naming the file
         from mpsearch.export import save_trial_model  # the deployable model: packed integers, model.mpq
 
         attrs.update(save_trial_model(model, folder, spec, number, context.val))

@@ -8,18 +8,24 @@ COMPLETE trials, and must:
 - say what is wrong in exactly one line on stderr, naming the file, key, plugin or
   name (and, for an unknown name, the close match); no traceback unless ``--debug``;
 - leave the database intact: ``PRAGMA integrity_check`` is ok, the existing study's
-  trials are identical row for row, and a command that fails adds no study.
+  trials are identical row for row, and a command that fails adds no study;
+- leave the existing study's artefacts (its trials' files) byte for byte as they were;
+- never show a storage password (:data:`SECRET`), whatever it prints.
 
 To add a case, append a :class:`Case` to :data:`CASES`: the arguments (``{dir}`` is
 the case's own folder, ``{url}`` the copied database), the words the error line must
 hold, and, where needed, ``prepare`` (files to write first), ``check`` (assertions
 afterwards) and ``how`` (:func:`in_process`, :func:`in_a_process` or a runner of its own).
+What ``prepare`` writes is part of the starting state the command must leave alone.
 """
 
 from __future__ import annotations
 
+import ctypes
+import hashlib
 import json
 import os
+import resource
 import shlex
 import shutil
 import signal
@@ -27,6 +33,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,12 +45,14 @@ from test_study import TOY, toy_spec
 
 from mpsearch.host import PluginHost
 from mpsearch.spec import load_spec
+from mpsearch.storage import STUDY_ID_ATTR, study_dir
 from mpsearch.study import create_study, run_study
 
 BAD_PLUGINS = Path(__file__).with_name("bad_plugins")
 FLAKY = BAD_PLUGINS / "flaky.py"
 BASE = "base"  # the study every case must leave as it was
 ENV = {**os.environ, "MPSEARCH_COMPILE": "off"}
+SECRET = "pw-sentinel-7f3a"  # a storage password no case may print
 
 
 class Outcome(NamedTuple):
@@ -60,11 +69,39 @@ def in_process(args: list[str], folder: Path) -> Outcome:
     return Outcome(result.exit_code, result.stdout, result.stderr)
 
 
-def in_a_process(args: list[str], folder: Path) -> Outcome:
+def in_a_process(args: list[str], folder: Path, preexec: Callable[[], None] | None = None) -> Outcome:
     """As a user runs it: ``python -m mpsearch.cli`` in its own process."""
     done = subprocess.run([sys.executable, "-m", "mpsearch.cli", *args], cwd=folder, env=ENV,
-                          capture_output=True, text=True, timeout=120, check=False)
+                          capture_output=True, text=True, timeout=120, check=False,
+                          preexec_fn=preexec)
     return Outcome(done.returncode, done.stdout, done.stderr)
+
+
+def _without_root_file_access() -> None:
+    """In the child: file permissions bind even for root (drop CAP_DAC_OVERRIDE and
+    CAP_DAC_READ_SEARCH from the bounding set before exec; a no-op for other users)."""
+    if os.geteuid() != 0:
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    for capability in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+        if libc.prctl(24, capability, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
+def as_a_user(args: list[str], folder: Path) -> Outcome:
+    """In its own process, where read-only files and folders are read-only (also for root)."""
+    return in_a_process(args, folder, _without_root_file_access)
+
+
+def _small_files() -> None:
+    """In the child: no file may grow past 4 KiB, as on a full disk (writes fail, no signal)."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+
+def on_a_full_disk(args: list[str], folder: Path) -> Outcome:
+    """In its own process, where every write past the first 4 KiB of a file fails."""
+    return in_a_process(args, folder, _small_files)
 
 
 def trial_states(db: Path, study: str) -> list[tuple[int, str]]:
@@ -77,7 +114,7 @@ def trial_states(db: Path, study: str) -> list[tuple[int, str]]:
         con.close()
 
 
-def interrupted(args: list[str], folder: Path) -> Outcome:
+def interrupted(args: list[str], folder: Path, signum: int = signal.SIGINT) -> Outcome:
     """Ctrl-C (SIGINT) to the driver once trial 0 is COMPLETE and trial 1 is inside its strategy.
 
     Trial 1 is the flaky strategy's ``hold``: it creates ``{dir}/hold.holding``, then
@@ -94,7 +131,7 @@ def interrupted(args: list[str], folder: Path) -> Outcome:
             except sqlite3.OperationalError:  # locked by a write in progress
                 states = []
             if states[:2] == [(0, "COMPLETE"), (1, "RUNNING")] and (folder / "hold.holding").exists():
-                proc.send_signal(signal.SIGINT)
+                proc.send_signal(signum)
                 break
             time.sleep(0.1)
         stdout, stderr = proc.communicate(timeout=150)
@@ -104,6 +141,11 @@ def interrupted(args: list[str], folder: Path) -> Outcome:
             proc.wait()
         (folder / "hold").unlink(missing_ok=True)
     return Outcome(proc.returncode, stdout, stderr)
+
+
+def terminated(args: list[str], folder: Path) -> Outcome:
+    """As :func:`interrupted`, with SIGTERM (what a scheduler or ``kill`` sends)."""
+    return interrupted(args, folder, signal.SIGTERM)
 
 
 # -- what a case is ---------------------------------------------------------------------
@@ -233,20 +275,29 @@ def corrupt_checkpoint(folder: Path) -> None:
     (folder / "ck.toml").write_text(CHECKPOINTED)
     url = fill("{url}", folder)
     assert run("study", "create", str(folder / "ck.toml"), "--storage", url, "--no-run").exit_code == 0
-    optuna.load_study(study_name="ck", storage=url).ask()
-    last = folder / "mpsearch-studies" / "ck" / "trial-00000" / "checkpoint" / "last.pt"
+    study = optuna.load_study(study_name="ck", storage=url)
+    study.ask()
+    last = artefacts(url, study) / "trial-00000" / "checkpoint" / "last.pt"
     last.parent.mkdir(parents=True)
     last.write_bytes(b"PK\x03\x04 half a zip file")
 
 
+def artefacts(url: str, study) -> Path:
+    """The study's artefact folder (named by its name and id)."""
+    return study_dir(url, study.study_name, study.user_attrs[STUDY_ID_ATTR])
+
+
 def restarted_from_scratch(folder: Path, url: str, outcome: Outcome) -> None:
+    import optuna
+
     orphan, retry = trials(url, "ck")
     assert orphan.state.name == "FAIL" and retry.user_attrs["retry_of"] == 0
     assert retry.state.name == "COMPLETE"
     warning = retry.user_attrs["checkpoint_warning"]
     assert "trial-00000/checkpoint/last.pt" in warning and "unreadable or corrupt" in warning
     assert "\n" not in warning and "restarted from scratch" in warning
-    assert not (folder / "mpsearch-studies" / "ck" / "trial-00000" / "checkpoint").exists()
+    study = optuna.load_study(study_name="ck", storage=url)
+    assert not (artefacts(url, study) / "trial-00000" / "checkpoint").exists()
 
 
 def trials(url: str, study: str):
@@ -308,6 +359,43 @@ def weights(kind: str) -> Callable:
     return prepare
 
 
+# -- plugin files a stored spec names -----------------------------------------------------
+
+PLANTED = ('"""Named in a study database (tests only): leaves a mark when imported."""\n'
+           "from pathlib import Path\n\nPath(__file__).with_suffix('.ran').touch()\n")
+
+
+MORE = "more"  # a second study of the toy strategy, no trial run yet: the one cases run
+
+
+def more_study(folder: Path) -> None:
+    url = fill("{url}", folder)
+    host = PluginHost([str(TOY)], entry_points=False)
+    create_study(load_spec(toy_spec(folder, name=MORE, n_trials=1), host), url, host)
+
+
+def planted(pin: str, study: str = MORE) -> Callable:
+    """``{dir}/planted.py``, a plugin that marks its import, added to ``study``'s stored plugins
+    (the study "more" is created first): ``pin`` is "sha256" (its digest), "changed" (the
+    digest of other content) or "none"."""
+
+    def prepare(folder: Path) -> None:
+        import optuna
+
+        from mpsearch.storage import SPEC_ATTR
+
+        more_study(folder)
+        path = folder / "planted.py"
+        path.write_text(PLANTED)
+        digest = hashlib.sha256((PLANTED if pin == "sha256" else PLANTED + "#").encode()).hexdigest()
+        entry = str(path) if pin == "none" else f"{path}#sha256={digest}"
+        found = optuna.load_study(study_name=study, storage=fill("{url}", folder))
+        raw = dict(found.user_attrs[SPEC_ATTR])
+        found.set_user_attr(SPEC_ATTR, {**raw, "plugins": [*raw["plugins"], entry]})
+
+    return prepare
+
+
 def other_study(*behaviours: str, remove: str | None = None) -> Callable:
     """Study ``bad`` in ``{dir}/other.db`` whose trials run the flaky strategy's ``behaviours``;
     ``remove`` deletes that file from trial 0's artefacts."""
@@ -318,7 +406,11 @@ def other_study(*behaviours: str, remove: str | None = None) -> Callable:
                      f"sqlite:///{folder / 'other.db'}", "--executor", "local", "--quiet")
         assert result.exit_code == 0, result.output
         if remove is not None:
-            (folder / "mpsearch-studies" / "bad" / "trial-00000" / remove).unlink()
+            import optuna
+
+            url = f"sqlite:///{folder / 'other.db'}"
+            found = optuna.load_study(study_name="bad", storage=url)
+            (artefacts(url, found) / "trial-00000" / remove).unlink()
 
     return prepare
 
@@ -342,7 +434,7 @@ def weights_changed_after_creation(folder: Path) -> None:
 
 def no_trial_ran(folder: Path, url: str, outcome: Outcome) -> None:
     assert trials(fill("sqlite:///{dir}/w.db", folder), "weighted") == []
-    assert not (folder / "mpsearch-studies" / "weighted" / "float-start.pt").exists()
+    assert not list((folder / "mpsearch-studies").glob("weighted*/float-start.pt"))
 
 
 def no_file(name: str, content: str | None = None) -> Callable:
@@ -358,12 +450,247 @@ def no_file(name: str, content: str | None = None) -> Callable:
     return check
 
 
+def not_imported(folder: Path, url: str, outcome: Outcome) -> None:
+    assert not (folder / "planted.ran").exists(), "the study's plugin file was imported"
+
+
+def imported_and_ran(folder: Path, url: str, outcome: Outcome) -> None:
+    assert (folder / "planted.ran").exists(), "the trusted plugin file was not imported"
+    assert [t.state.name for t in trials(url, MORE)] == ["COMPLETE"]
+
+
+def ran_more(folder: Path, url: str, outcome: Outcome) -> None:
+    """Study "more" ran its trial, with the toy strategy given by --plugin."""
+    not_imported(folder, url, outcome)
+    found = trials(url, MORE)
+    assert [t.state.name for t in found] == ["COMPLETE"] and found[0].user_attrs["strategy"] == "toy"
+
+
+# -- studies and folders that are not what they seem --------------------------------------
+
+def base_study(folder: Path):
+    import optuna
+
+    return optuna.load_study(study_name=BASE, storage=fill("{url}", folder))
+
+
+def study_named(folder: Path, name: str):
+    import optuna
+
+    return optuna.load_study(study_name=name, storage=fill("{url}", folder))
+
+
+def foreign_folder(folder: Path) -> None:
+    """Study "more"'s artefact folder, marked as another study's."""
+    from mpsearch.storage import FOLDER_MARK
+
+    more_study(folder)
+    own = artefacts(fill("{url}", folder), study_named(folder, MORE))
+    own.mkdir(parents=True)
+    (own / FOLDER_MARK).write_text(json.dumps({"study": BASE, "study_id": str(uuid.uuid4())}))
+
+
+def escaping_study(folder: Path) -> None:
+    """A study named ``../../escaped``, made with Optuna's API, with the base study's spec."""
+    import optuna
+
+    from mpsearch.storage import STUDY_ID_ATTR
+
+    base = base_study(folder)
+    study = optuna.create_study(study_name="../../escaped", storage=fill("{url}", folder),
+                                directions=["maximize", "minimize"])
+    for key, value in base.user_attrs.items():
+        study.set_user_attr(key, value)
+    study.set_user_attr(STUDY_ID_ATTR, str(uuid.uuid4()))
+
+
+def nothing_escaped(folder: Path, url: str, outcome: Outcome) -> None:
+    for up in (folder, folder.parent, folder.parent.parent):
+        assert not list(up.glob("escaped*")), list(up.glob("escaped*"))
+
+
+def same_name_elsewhere(folder: Path, url: str, outcome: Outcome) -> None:
+    """A study named like the base one, in another database beside it, has a folder of its own."""
+    import optuna
+
+    other = optuna.load_study(study_name=BASE, storage=fill("sqlite:///{dir}/other.db", folder))
+    mine = artefacts(fill("sqlite:///{dir}/other.db", folder), other)
+    base = artefacts(url, base_study(folder))
+    assert mine != base and mine.parent == base.parent and not base.exists()
+    assert [Path(t.user_attrs["artefacts"]).parent for t in other.trials] == [mine]
+
+
+def orphaned_twice(folder: Path) -> None:
+    """Study ``loop``: a point whose driver died twice, and its third run RUNNING, stale."""
+    import optuna
+
+    from mpsearch.driver import orphan
+
+    url = fill("{url}", folder)
+    host = PluginHost([str(TOY)], entry_points=False)
+    create_study(load_spec(toy_spec(folder, name="loop", n_trials=1), host), url, host)
+    study = optuna.load_study(study_name="loop", storage=url)
+    for _ in range(2):
+        trial = study.ask({"toy.bits": optuna.distributions.CategoricalDistribution([2, 4, 8])})
+        orphan(study, trial._trial_id, "its driver died (simulated)")
+    study.ask()  # the second retry: left RUNNING with no heartbeat
+
+
+def given_up(folder: Path, url: str, outcome: Outcome) -> None:
+    found = trials(url, "loop")
+    assert [t.state.name for t in found] == ["FAIL"] * 3  # nothing re-queued, nothing run
+    last = found[2].user_attrs
+    assert last["gave_up"] is True and last["retry_of"] == 1
+    assert "not re-queued: its point ran 3 time(s)" in last["fail_reason"]
+    assert "max_retries = 2" in last["fail_reason"]
+
+
+# -- plugins that misbehave --------------------------------------------------------------
+
+HOOK_PLUGIN = """\
+\"\"\"A plugin whose {hook} hook raises (tests only).\"\"\"
+from mpsearch import hookimpl
+
+
+@hookimpl
+def {hook}({args}):
+    raise RuntimeError("the {hook} hook broke")
+"""
+HOOK_ARGS = {"on_trial_start": "study, trial, params", "on_epoch_end": "study, trial, epoch, metrics",
+             "on_trial_end": "study, trial, state, values, attrs"}
+
+
+def raising_hook(hook: str) -> Callable:
+    return both(write("hooks.py", HOOK_PLUGIN.format(hook=hook, args=HOOK_ARGS[hook])),
+                spec(n_trials=1))
+
+
+def recorded_as_a_warning(hook: str) -> Callable:
+    def check(folder: Path, url: str, outcome: Outcome) -> None:
+        for t in trials(url, "bad"):
+            assert t.state.name == "COMPLETE" and "fail_reason" not in t.user_attrs
+            assert t.user_attrs["hook_warnings"][0] == (f"plugin '{folder / 'hooks.py'}' raised in "
+                                                        f"{hook}: RuntimeError: the {hook} hook broke")
+
+    return check
+
+
+def complete(study: str, n: int) -> Callable:
+    def check(folder: Path, url: str, outcome: Outcome) -> None:
+        assert [t.state.name for t in trials(url, study)] == ["COMPLETE"] * n
+
+    return check
+
+
+# -- assignments ----------------------------------------------------------------------------
+
+def widths(value: object) -> Callable:
+    """LeNet-5's 8-bit assignment with conv1's weights per channel, the first one at ``value``."""
+
+    def prepare(folder: Path) -> None:
+        assignment()(folder)
+        path = folder / "lenet5.json"
+        data = json.loads(path.read_text())
+        data["groups"]["conv1:weight"]["bits"] = {"shape": [20, 1, 1, 1], "values": [value] + [4] * 19}
+        path.write_text(json.dumps(data))
+
+    return prepare
+
+
+class _Touch:
+    """Unpickling this creates a file: a sidecar that runs code when loaded."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (self.path,))
+
+
+def sidecar(kind: str) -> Callable:
+    """The assignment's conv1 weights per channel in a ``.npz`` sidecar that is ``kind``:
+    "truncated", "pickled" (an object array whose unpickling creates ``{dir}/pickle.ran``),
+    or named by a non-string ("number") or a path elsewhere ("outside")."""
+
+    def prepare(folder: Path) -> None:
+        import numpy as np
+
+        assignment()(folder)
+        path = folder / "lenet5.json"
+        data = json.loads(path.read_text())
+        data["groups"]["conv1:weight"]["bits"] = {"shape": [20, 1, 1, 1], "sidecar": "a0"}
+        data["sidecar"] = {"number": 5, "outside": "../lenet5.npz"}.get(kind, "lenet5.npz")
+        path.write_text(json.dumps(data))
+        npz = folder / "lenet5.npz"
+        if kind == "pickled":
+            np.savez(npz, a0=np.array([_Touch(folder / "pickle.ran")], dtype=object))
+        else:
+            np.savez_compressed(npz, a0=np.full((20, 1, 1, 1), 4, dtype=np.uint8))
+        if kind == "truncated":
+            npz.write_bytes(npz.read_bytes()[: npz.stat().st_size // 2])
+
+    return prepare
+
+
+def no_pickle_ran(folder: Path, url: str, outcome: Outcome) -> None:
+    assert not (folder / "pickle.ran").exists()
+
+
+# -- files that must not be overwritten ---------------------------------------------------
+
+def unchanged(name: str, content: str) -> Callable:
+    def check(folder: Path, url: str, outcome: Outcome) -> None:
+        assert (folder / name).read_text() == content
+
+    return check
+
+
+def absent(name: str) -> Callable:
+    def check(folder: Path, url: str, outcome: Outcome) -> None:
+        assert not (folder / name).exists()
+
+    return check
+
+
+# -- files and folders that cannot be written ----------------------------------------------
+
+def read_only(*names: str) -> Callable:
+    """Make ``{dir}/name`` read-only (a folder named with a trailing / is created first)."""
+
+    def prepare(folder: Path) -> None:
+        for name in names:
+            path = folder / name.rstrip("/")
+            if name.endswith("/"):
+                path.mkdir(exist_ok=True)
+            os.chmod(path, 0o555 if path.is_dir() else 0o444)
+
+    return prepare
+
+
+def artefacts_on_a_full_disk(folder: Path) -> None:
+    """The weights of study "more"'s trial go to /dev/full."""
+    more_study(folder)
+    target = artefacts(fill("{url}", folder), study_named(folder, MORE)) / "trial-00000" / "model.pt"
+    target.parent.mkdir(parents=True)
+    target.symlink_to("/dev/full")
+
+
+def failed_for_the_disk(folder: Path, url: str, outcome: Outcome) -> None:
+    (last,) = trials(url, MORE)
+    assert last.state.name == "FAIL"
+    assert last.user_attrs["fail_reason"].startswith("cannot use '")
+    assert "model.pt': No space left on device" in last.user_attrs["fail_reason"]
+
+
 # A plugin file that is not Python; written at test time, so that linters never read it.
 SYNTAX_ERROR = '"""A plugin with a syntax error."""\n\ndef register_strategies(register:\n    pass\n'
 CREATE = ["study", "create", "{dir}/bad.toml", "--storage", "{url}", "--executor", "local", "--quiet"]
 SHOW = ["study", "show", BASE, "--storage"]
 EXPORT = ["export", BASE, "--storage", "{url}"]
 OTHER = ["export", "bad", "--storage", "sqlite:///{dir}/other.db"]
+RUN_MORE = ["study", "run", "more", "--storage", "{url}", "--executor", "local", "--quiet"]
+WITH_TOY = ["--plugin", str(TOY)]  # the base study's strategy, given on the command line
+UNREACHABLE = f"postgresql+psycopg://mpsearch:{SECRET}@127.0.0.1:1/studies"
 
 CASES = [
     # -- the spec ----------------------------------------------------------------------
@@ -478,7 +805,7 @@ CASES = [
     Case("weights-pickled-object", CREATE, ("w.pt", "cannot be read", "weights_only loading refuses"),
          prepare=both(weights("pickled-object"), spec(WITH_WEIGHTS))),
     Case("weights-changed-after-creation", ["study", "run", "weighted", "--storage", "sqlite:///{dir}/w.db",
-                                            "--executor", "local", "--quiet"],
+                                            "--executor", "local", "--quiet", "--trust-spec-plugins"],
          ("w.pt", "has changed since study 'weighted' was created", "sha256"),
          prepare=weights_changed_after_creation, check=no_trial_ran),
     # -- export --------------------------------------------------------------------------
@@ -515,6 +842,161 @@ CASES = [
              ('name = "toy"', ('name = "flaky"\nspace.hold = "{dir}/hold"\n'
                                'enqueue = [{behaviour = "ok"}, {behaviour = "hold"}, {behaviour = "ok"}]')),
              name="held", plugin=FLAKY, n_trials=3))),
+    Case("sigterm-during-a-run", CREATE, ("terminated", "completed trials are kept",
+                                          "continue the study with: mpsearch study run held"),
+         exit=143, how=terminated, check=resumed,
+         prepare=both(write("hold", ""), spec(
+             ('name = "toy"', ('name = "flaky"\nspace.hold = "{dir}/hold"\n'
+                               'enqueue = [{behaviour = "ok"}, {behaviour = "hold"}, {behaviour = "ok"}]')),
+             name="held", plugin=FLAKY, n_trials=3)),
+         marks=(pytest.mark.slow,)),
+    Case("usage-unknown-option", ["study", "run", BASE, "--storage", "{url}", "--n-trails", "2"],
+         ("No such option '--n-trails'", "Did you mean '--n-trials'?", "study run --help")),
+    Case("usage-missing-argument", ["study", "create"], ("Missing argument 'SPEC'", "study create --help")),
+    Case("usage-bad-value", ["study", "run", BASE, "--storage", "{url}", "--n-trials", "0"],
+         ("Invalid value for '--n-trials'", "0 is not in the range x>=1")),
+    Case("usage-unknown-command", ["stduy", "list"], ("No such command 'stduy'", "--help")),
+    Case("usage-unknown-group-option", ["--plugn", "x.py", "plugins", "list"], ("No such option '--plugn'",
+                                                                            "Did you mean '--plugin'?")),
+    # -- reading a study never runs the code it names; running it, only with consent -------
+    Case("read-show-imports-no-spec-plugin", [*SHOW, "{url}"], exit=0, prepare=planted("sha256", BASE),
+         check=not_imported),
+    Case("read-list-imports-no-spec-plugin", ["study", "list", "--storage", "{url}"], exit=0,
+         prepare=planted("sha256", BASE), check=not_imported),
+    Case("read-export-imports-no-spec-plugin", ["study", "export", BASE, "--storage", "{url}",
+                                                "-o", "{dir}/trials.json"],
+         exit=0, prepare=planted("sha256", BASE), check=not_imported),
+    Case("read-plot-imports-no-spec-plugin", ["study", "plot", BASE, "--storage", "{url}", "-o", "{dir}"],
+         exit=0, prepare=planted("sha256", BASE), check=not_imported),
+    Case("run-imports-no-spec-plugin-without-consent", RUN_MORE,
+         ("unknown strategy 'toy'", "planted.py", "--trust-spec-plugins", "--plugin"),
+         prepare=planted("sha256"), check=not_imported),
+    Case("run-loads-command-line-plugins-only", [*WITH_TOY, *RUN_MORE], exit=0,
+         prepare=planted("sha256"), check=ran_more),
+    Case("run-with-consent-refuses-a-changed-file", [*RUN_MORE, "--trust-spec-plugins"],
+         ("planted.py", "changed since the study recorded it", "not loaded"),
+         prepare=planted("changed"), check=not_imported),
+    Case("run-with-consent-refuses-a-file-without-sha256", [*RUN_MORE, "--trust-spec-plugins"],
+         ("planted.py", "without the sha256", "--plugin"), prepare=planted("none"), check=not_imported),
+    Case("run-with-consent-loads-the-recorded-file", [*RUN_MORE, "--trust-spec-plugins"], exit=0,
+         prepare=planted("sha256"), check=imported_and_ran),
+    # -- plugins given on the command line reach the trials; their hooks never break one --
+    Case("plugin-strategy-only-on-the-command-line", [*WITH_TOY, *CREATE], exit=0,
+         prepare=spec((f'plugins = ["{TOY}"]', ""), n_trials=2), check=complete("bad", 2)),
+    Case("hook-on-trial-start-raises", ["--plugin", "{dir}/hooks.py", *CREATE], exit=0,
+         prepare=raising_hook("on_trial_start"), check=recorded_as_a_warning("on_trial_start")),
+    Case("hook-on-epoch-end-raises", ["--plugin", "{dir}/hooks.py", *CREATE], exit=0,
+         prepare=raising_hook("on_epoch_end"), check=recorded_as_a_warning("on_epoch_end")),
+    Case("hook-on-trial-end-raises", ["--plugin", "{dir}/hooks.py", *CREATE], exit=0,
+         prepare=raising_hook("on_trial_end"), check=recorded_as_a_warning("on_trial_end")),
+    Case("plugin-objective-named-accuracy", ["--plugin", "{dir}/acc.py", "cost", "lenet5"],
+         ("acc.py", "objective name 'accuracy'", "reserved for the validation accuracy"),
+         prepare=write("acc.py", "from mpsearch import hookimpl\n"
+                                 "from mpsearch.objectives import Objective\n\n\n"
+                                 "class Accuracy(Objective):\n"
+                                 "    def differentiable(self, profile, bits, scale_bits=None):\n"
+                                 "        raise NotImplementedError\n\n\n"
+                                 "@hookimpl\ndef register_objectives(register):\n"
+                                 "    register('accuracy', Accuracy())\n")),
+    Case("plugin-command-named-like-a-built-in", ["--plugin", "{dir}/clash.py", "cost", "lenet5"],
+         ("clash.py", "registered command(s) cost that already exist"),
+         prepare=write("clash.py", "from mpsearch import hookimpl\n\n\n@hookimpl\n"
+                                   "def register_commands(cli):\n    @cli.command('cost')\n"
+                                   "    def cost():\n        pass\n")),
+    Case("plugin-calls-sys-exit", ["--plugin", "{dir}/exits.py", *SHOW, "{url}"],
+         ("exits.py", "called sys.exit(0) while importing"),
+         prepare=write("exits.py", "import sys\n\nsys.exit(0)\n")),
+    # -- storage passwords, in-memory databases ------------------------------------------
+    Case("storage-password-never-shown", ["study", "list", "--storage", UNREACHABLE],
+         ("postgresql+psycopg://mpsearch:***@127.0.0.1:1/studies", "cannot be reached")),
+    Case("spec-storage-password-never-shown", ["study", "create", "{dir}/bad.toml", "--quiet"],
+         ("mpsearch:***@127.0.0.1:1/studies", "cannot be reached"),
+         prepare=spec(("n_trials = 3", f'n_trials = 3\nstorage = "{UNREACHABLE}"'))),
+    Case("storage-in-memory", [*CREATE[:3], "--storage", "sqlite://"],
+         ("storage 'sqlite://'", "in-memory database", "sqlite:///mpsearch.db"), prepare=spec()),
+    # -- artefacts belong to one study --------------------------------------------------
+    Case("artefacts-same-name-in-another-database",
+         [*CREATE[:2], "{dir}/base.toml", "--storage", "sqlite:///{dir}/other.db", *CREATE[5:]], exit=0,
+         prepare=lambda folder: toy_spec(folder, name=BASE, n_trials=1), check=same_name_elsewhere),
+    Case("artefacts-folder-of-another-study", [*WITH_TOY, *RUN_MORE],
+         ("artefact folder", "belongs to another study", f"not to study '{MORE}'"),
+         prepare=foreign_folder),
+    Case("study-name-from-a-database-leads-outside",
+         [*WITH_TOY, "study", "run", "../../escaped", "--storage", "{url}", "--quiet"],
+         ("study name '../../escaped' may use only letters, digits",), prepare=escaping_study,
+         check=nothing_escaped),
+    Case("study-name-from-a-database-names-the-export",
+         ["study", "export", "../../escaped", "--storage", "{url}"],
+         ("study name '../../escaped' may use only letters, digits",), prepare=escaping_study,
+         check=nothing_escaped, how=in_a_process,
+         marks=(pytest.mark.slow,)),
+    # -- names and numbers in a spec --------------------------------------------------------
+    Case("spec-name-trailing-newline", CREATE, ("bad.toml", "[study] name", "'bad\\n'", "may use only"),
+         prepare=spec(('name = "bad"', 'name = "bad\\n"'))),
+    Case("spec-name-too-long", CREATE, ("bad.toml", "[study] name is 300 characters long", "at most 100"),
+         prepare=spec(('name = "bad"', f'name = "{"x" * 300}"'))),
+    Case("spec-seed-too-large", CREATE, ("bad.toml", "[study] seed", "from 0 to 4294967295",
+                                         "4294967296"),
+         prepare=spec(("seed = 3", "seed = 4294967296"))),
+    # -- assignments: widths are whole numbers, sidecars are arrays beside the file --------
+    Case("assignment-width-fraction", ["cost", "lenet5", "--assignment", "{dir}/lenet5.json"],
+         ("lenet5.json", "conv1:weight", "width 4.7", "whole numbers from 0 to 32"), prepare=widths(4.7)),
+    Case("assignment-width-negative-fraction", ["cost", "lenet5", "--assignment", "{dir}/lenet5.json"],
+         ("lenet5.json", "conv1:weight", "width -0.5"), prepare=widths(-0.5)),
+    Case("assignment-width-above-32-fraction", ["cost", "lenet5", "--assignment", "{dir}/lenet5.json"],
+         ("lenet5.json", "conv1:weight", "width 32.9"), prepare=widths(32.9)),
+    Case("assignment-width-nan", ["cost", "lenet5", "--assignment", "{dir}/lenet5.json"],
+         ("lenet5.json", "conv1:weight", "width nan"), prepare=widths(float("nan"))),
+    Case("assignment-sidecar-truncated", ["cost", "lenet5", "--assignment", "{dir}/lenet5.json"],
+         ("lenet5.npz", "is not readable"), prepare=sidecar("truncated")),
+    Case("assignment-sidecar-name-not-a-string", ["cost", "lenet5", "--assignment", "{dir}/lenet5.json"],
+         ("lenet5.json", '"sidecar" must be the name of a .npz file beside it', "not 5"),
+         prepare=sidecar("number")),
+    Case("assignment-sidecar-outside", ["cost", "lenet5", "--assignment", "{dir}/lenet5.json"],
+         ("lenet5.json", '"sidecar" must be the name', "'../lenet5.npz'"), prepare=sidecar("outside")),
+    Case("assignment-sidecar-pickled", ["cost", "lenet5", "--assignment", "{dir}/lenet5.json"],
+         ("lenet5.npz", "allow_pickle=False"), prepare=sidecar("pickled"), check=no_pickle_ran),
+    Case("assignment-save-into-a-missing-folder",
+         ["cost", "lenet5", "--save-assignment", "{dir}/nowhere/a.json"],
+         ("cannot write the assignment", "nowhere/a.json", "does not exist")),
+    # -- files a command writes are never overwritten silently -----------------------------
+    Case("export-over-an-existing-file", ["study", "export", BASE, "--storage", "{url}",
+                                          "-o", "{dir}/mine.csv"],
+         ("mine.csv", "exists", "--force"), prepare=write("mine.csv", "my notes\n"),
+         check=unchanged("mine.csv", "my notes\n")),
+    Case("export-unknown-suffix", ["study", "export", BASE, "--storage", "{url}", "-o", "{dir}/t.xlsx"],
+         ("t.xlsx", "'.xlsx'", ".csv, .json or .parquet", "--format"), check=absent("t.xlsx")),
+    Case("plot-over-an-existing-file", ["study", "plot", BASE, "--storage", "{url}", "-o", "{dir}"],
+         (f"{BASE}-front.png", "exists", "--force"), prepare=write(f"{BASE}-front.png", "my picture"),
+         check=unchanged(f"{BASE}-front.png", "my picture")),
+    # -- databases and folders that cannot be written ------------------------------------
+    Case("storage-read-only-database", [*WITH_TOY, *RUN_MORE],
+         ("the study storage failed", "attempt to write a readonly database"),
+         prepare=both(more_study, read_only("mpsearch.db")), how=as_a_user,
+         marks=(pytest.mark.slow,)),
+    Case("storage-read-only-database-can-be-read", [*SHOW, "{url}"], exit=0,
+         prepare=read_only("mpsearch.db"), how=as_a_user,
+         marks=(pytest.mark.slow,)),
+    Case("storage-read-only-folder", [*WITH_TOY, *RUN_MORE], ("Permission denied",),
+         prepare=both(more_study, read_only("")), how=as_a_user,
+         marks=(pytest.mark.slow,)),
+    Case("storage-read-only-artefacts-folder", [*WITH_TOY, *RUN_MORE],
+         ("cannot use the artefact folder", "mpsearch-studies", "Permission denied"),
+         prepare=both(more_study, read_only("mpsearch-studies/")), how=as_a_user,
+         marks=(pytest.mark.slow,)),
+    Case("storage-read-only-lock-file", [*WITH_TOY, *RUN_MORE], exit=0,
+         prepare=both(more_study, write("mpsearch.db.lock", ""), read_only("mpsearch.db.lock")),
+         how=as_a_user, check=ran_more,
+         marks=(pytest.mark.slow,)),
+    Case("storage-full-disk-under-the-database", [*WITH_TOY, *RUN_MORE],
+         ("the study storage failed", "disk I/O error"), prepare=more_study, how=on_a_full_disk,
+         marks=(pytest.mark.slow,)),
+    Case("storage-full-disk-under-the-artefacts", [*WITH_TOY, *RUN_MORE], exit=0,
+         prepare=artefacts_on_a_full_disk, check=failed_for_the_disk),
+    # -- a point whose driver keeps dying is not re-run forever ---------------------------
+    Case("orphan-given-up-after-max-retries",
+         [*WITH_TOY, "study", "run", "loop", "--storage", "{url}", "--quiet", "--heartbeat", "0.05",
+          "--grace", "0.1"], exit=0, prepare=orphaned_twice, check=given_up),
 ]
 
 
@@ -531,8 +1013,9 @@ BASE_ROWS = {  # every row that belongs to the base study
 }
 
 
-def snapshot(db: Path) -> tuple[str, list[str], dict[str, list[tuple]]]:
-    """Integrity, study names and the base study's rows, read without writing."""
+def snapshot(db: Path) -> tuple[str, list[str], dict[str, list[tuple]], dict[str, str]]:
+    """Integrity, study names, the base study's rows and the sha256 of each of its trials'
+    files, read without writing."""
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
         integrity = con.execute("PRAGMA integrity_check").fetchone()[0]
@@ -541,9 +1024,14 @@ def snapshot(db: Path) -> tuple[str, list[str], dict[str, list[tuple]]]:
                                   (BASE,)).fetchone()
         rows = {table: sorted(con.execute(query, {"id": study_id}).fetchall(), key=repr)
                 for table, query in BASE_ROWS.items()}
+        folders = [json.loads(r[0]) for r in con.execute(
+            "SELECT a.value_json FROM trial_user_attributes a JOIN trials t USING (trial_id) "
+            "WHERE t.study_id = ? AND a.key = 'artefacts'", (study_id,))]
     finally:
         con.close()
-    return integrity, names, rows
+    files = {str(f): hashlib.sha256(f.read_bytes()).hexdigest()
+             for folder in folders for f in sorted(Path(folder).iterdir())}
+    return integrity, names, rows, files
 
 
 @pytest.fixture(scope="module")
@@ -574,15 +1062,16 @@ def test_bad_input(case: Case, base_db: Path, tmp_path: Path):
     db = tmp_path / "mpsearch.db"
     shutil.copyfile(base_db, db)
     url = f"sqlite:///{db}"
-    before = snapshot(db)
-    assert before[0] == "ok"
     if case.prepare is not None:
         case.prepare(tmp_path)
+    before = snapshot(db)
+    assert before[0] == "ok" and len(before[3]) == 3 * 4  # three trials: assignment, params, model.pt, model.mpq
 
     result = case.how([fill(a, tmp_path) for a in case.args], tmp_path)
 
     shown = f"exit {result.exit_code}\nstdout: {result.stdout}\nstderr: {result.stderr}"
     assert result.exit_code == case.exit, shown
+    assert SECRET not in result.stdout + result.stderr, shown
     if case.traceback:
         assert result.stderr.startswith("Traceback"), shown
         last = result.stderr.strip().splitlines()[-1]
@@ -599,9 +1088,10 @@ def test_bad_input(case: Case, base_db: Path, tmp_path: Path):
     if case.check is not None:
         case.check(tmp_path, url, result)
 
-    integrity, names, rows = snapshot(db)
+    integrity, names, rows, files = snapshot(db)
     assert integrity == "ok"
     assert rows == before[2]  # the existing study's trials, values and attributes, unchanged
+    assert files == before[3]  # and their files
     if case.exit == 1:
         assert names == before[1]  # a command that fails creates no study
 

@@ -91,12 +91,12 @@ def test_trials_spread_over_nodes_and_a_lost_node_s_trial_resumes_elsewhere(tmp_
             [sys.executable, "-m", "mpsearch.cli", "study", "create", "cluster.toml", "--storage", url,
              "--address", cluster.address, "--quiet"],
             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        artefacts = tmp_path / "mpsearch-studies" / "cluster"
+        artefacts = tmp_path / "mpsearch-studies"  # cluster-<the study's id>/
         victim, deadline = None, time.monotonic() + 300
         while victim is None and driver.poll() is None and time.monotonic() < deadline:
             # both nodes run a trial, and both trials are past their first epoch
             busy = [n for n in workers if _runs_a_trial(n)]
-            if len(busy) == 2 and len(list(artefacts.glob("trial-*/checkpoint/last.pt"))) == 2:
+            if len(busy) == 2 and len(list(artefacts.glob("cluster-*/trial-*/checkpoint/last.pt"))) == 2:
                 victim = busy[0]
             time.sleep(0.3)
         assert victim is not None, "no trial was seen running on a worker node"

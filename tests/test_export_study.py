@@ -23,6 +23,7 @@ import mpsearch
 from mpsearch.cli import cli
 from mpsearch.export import assignment_from_metadata, load_packed, read_packed
 from mpsearch.host import PluginHost
+from mpsearch.optuna_private import study_storage
 from mpsearch.spec import load_spec
 from mpsearch.study import create_study, run_study
 from mpsearch.training import evaluate
@@ -181,14 +182,20 @@ def test_objectives_are_named_for_optunas_tools(study_db):
 def test_trial_artefacts_are_in_optunas_artifact_store(study_db, tmp_path):
     folder, url = study_db
     study = optuna.load_study(study_name="exp", storage=url)
-    store = optuna.artifacts.FileSystemArtifactStore(str(folder / "mpsearch-studies" / "exp" / "optuna-artifacts"))
+    store = optuna.artifacts.FileSystemArtifactStore(str(_store(folder)))
     for trial in study.trials:
-        metas = {m.filename: m for m in optuna.artifacts.get_all_artifact_meta(trial, storage=study._storage)}
+        metas = {m.filename: m for m in optuna.artifacts.get_all_artifact_meta(trial, storage=study_storage(study))}
         assert set(metas) == {"assignment.json", "model.mpq"}
         target = tmp_path / f"{trial.number}.mpq"
         optuna.artifacts.download_artifact(artifact_store=store, artifact_id=metas["model.mpq"].artifact_id,
                                            file_path=str(target))
         assert target.read_bytes() == (Path(trial.user_attrs["artefacts"]) / "model.mpq").read_bytes()
+
+
+def _store(folder: Path) -> Path:
+    """The study's artifact store: ``mpsearch-studies/exp-<id>/optuna-artifacts``."""
+    (found,) = (folder / "mpsearch-studies").glob("exp-*/optuna-artifacts")
+    return found
 
 
 def _free_port() -> int:
@@ -206,7 +213,7 @@ def test_optuna_dashboard_reads_the_study(study_db):
     """Optuna Dashboard, started on the study, serves the named objectives, the front and the artefacts."""
     folder, url = study_db
     port = _free_port()
-    store = folder / "mpsearch-studies" / "exp" / "optuna-artifacts"
+    store = _store(folder)
     script = textwrap.dedent("""\
         import sys
         from optuna_dashboard._cli import main

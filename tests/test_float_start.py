@@ -84,8 +84,8 @@ def test_two_drivers_train_the_float_start_once_and_both_use_it(storage_url, tmp
     spec = write_spec(tmp_path, "duo", pretrain=1, strategy="toy", space="", n_trials=4, plugins=True)
     created = CliRunner().invoke(cli, ["study", "create", str(spec), "--storage", storage_url, "--no-run"])
     assert created.exit_code == 0, created.output
-    drivers = [driver(["study", "run", "duo", "--storage", storage_url, "--executor", "local"], tmp_path)
-               for _ in range(2)]
+    drivers = [driver(["study", "run", "duo", "--storage", storage_url, "--executor", "local",
+                       "--trust-spec-plugins"], tmp_path) for _ in range(2)]
     outputs = [d.communicate(timeout=600) for d in drivers]
     for d, (_, err) in zip(drivers, outputs):
         assert d.returncode == 0, err[-3000:]
@@ -109,19 +109,22 @@ def test_a_driver_killed_while_pretraining_is_resumed_by_the_next_run(tmp_path):
     spec = write_spec(tmp_path, "killed", pretrain=4, strategy="toy", space="", n_trials=2, plugins=True,
                       train_subset=None)
     assert CliRunner().invoke(cli, ["study", "create", str(spec), "--storage", url, "--no-run"]).exit_code == 0
-    checkpoint = tmp_path / "mpsearch-studies" / "killed" / CHECKPOINT_DIR / "last.pt"
-    first = driver(["study", "run", "killed", "--storage", url, "--executor", "local"], tmp_path)
+    first = driver(["study", "run", "killed", "--storage", url, "--executor", "local", "--trust-spec-plugins"],
+                   tmp_path)
     deadline = time.monotonic() + 300
-    while not checkpoint.exists():  # the first epoch of pretraining is saved
+    saved = tmp_path / "mpsearch-studies"
+    while not list(saved.glob(f"killed-*/{CHECKPOINT_DIR}/last.pt")):  # pretraining's first epoch is saved
         assert first.poll() is None and time.monotonic() < deadline, first.communicate()[1][-3000:]
         time.sleep(0.05)
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=30)
+    (checkpoint,) = saved.glob(f"killed-*/{CHECKPOINT_DIR}/last.pt")
     study = optuna.load_study(study_name="killed", storage=url)
     assert FLOAT_START_ATTR not in study.user_attrs and study.trials == []
     assert not (checkpoint.parent.parent / FLOAT_START_FILE).exists()  # nothing half-written
 
-    second = driver(["study", "run", "killed", "--storage", url, "--executor", "local"], tmp_path)
+    second = driver(["study", "run", "killed", "--storage", url, "--executor", "local", "--trust-spec-plugins"],
+                    tmp_path)
     _, err = second.communicate(timeout=600)
     assert second.returncode == 0, err[-3000:]
     assert "resumed from its last checkpoint" in err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import re
 from pathlib import Path
@@ -204,3 +205,93 @@ def test_strategies_and_datasets_register_through_their_hooks(host):
 
     with pytest.raises(PluginError, match="expected a subclass of mpsearch.strategy.Strategy"):
         host.add_plugin(NotAStrategy(), "not-a-strategy")
+
+
+def test_a_hook_that_raises_is_a_warning_on_the_trial_and_the_others_still_run(host, recorder):
+    class Loud:
+        @hookimpl
+        def on_trial_start(self, study, trial, params):
+            raise ValueError("no logger\nconfigured")
+
+        @hookimpl
+        def on_epoch_end(self, study, trial):  # a subset of the arguments, as pluggy allows
+            raise SystemExit(3)
+
+        @hookimpl
+        def on_trial_end(self, study, trial, state, values, attrs):
+            attrs["mine"] = True  # a copy: the trial's record is not the plugin's to change
+            raise RuntimeError("disk full")
+
+    host.add_plugin(Loud(), "loud")
+    try:
+        host.trial_started("s", 1, {"strategy": "uniform"})
+        host.epoch_ended("s", 1, 0, {"loss": 1.0})
+        record = {"test_accuracy": 0.5}
+        warnings = host.trial_ended("s", 1, "COMPLETE", {"accuracy": 0.6}, record)
+    finally:
+        host.remove_plugin("loud")
+    assert warnings == ["plugin 'loud' raised in on_trial_start: ValueError: no logger configured",
+                        "plugin 'loud' raised in on_epoch_end: SystemExit: 3",
+                        "plugin 'loud' raised in on_trial_end: RuntimeError: disk full"]
+    assert record == {"test_accuracy": 0.5, "hook_warnings": warnings}
+    assert [e[0] for e in recorder.events] == ["start", "epoch", "end"]  # called all the same
+    # the next trial starts with no warnings of its own
+    assert host.trial_ended("s", 2, "COMPLETE", {}, {}) == []
+
+
+def test_a_lifecycle_hook_may_not_be_a_wrapper(host):
+    class Wrapping:
+        @hookimpl(wrapper=True)
+        def on_trial_end(self, study, trial, state, values, attrs):
+            return (yield)
+
+    with pytest.raises(PluginError, match="'wrapping' implements on_trial_end as a wrapper"):
+        host.add_plugin(Wrapping(), "wrapping")
+
+
+def test_no_plugin_may_register_the_accuracy_objective(host):
+    class Shadow:
+        @hookimpl
+        def register_objectives(self, register):
+            register("accuracy", Halved())
+
+    with pytest.raises(PluginError, match="'shadow' registered the objective name 'accuracy', which is "
+                                          "reserved for the validation accuracy"):
+        host.add_plugin(Shadow(), "shadow")
+
+
+def test_a_name_with_a_trailing_newline_is_refused(host):
+    class Newline:
+        @hookimpl
+        def register_objectives(self, register):
+            register("halved\n", Halved())
+
+    with pytest.raises(PluginError, match="invalid name"):
+        host.add_plugin(Newline(), "newline")
+
+
+def test_plugin_files_are_pinned_by_their_content(tmp_path):
+    from mpsearch.host import pin_plugin
+
+    path = tmp_path / "pinned_plugin.py"
+    path.write_text("from pathlib import Path\nPath(__file__).with_suffix('.ran').write_text('1')\n")
+    pinned = pin_plugin(str(path))
+    assert pinned == f"{path}#sha256={hashlib.sha256(path.read_bytes()).hexdigest()}"
+    assert pin_plugin("some.module") == "some.module" and pin_plugin(pinned) == pinned
+    host = PluginHost([pinned], entry_points=False)
+    assert host.sources == (pinned,) and (tmp_path / "pinned_plugin.ran").read_text() == "1"
+    (tmp_path / "pinned_plugin.ran").unlink()
+    path.write_text(path.read_text() + "# edited\n")
+    with pytest.raises(PluginError, match="pinned_plugin.py' changed since the study recorded it"):
+        PluginHost([pinned], entry_points=False)
+    assert not (tmp_path / "pinned_plugin.ran").exists()  # refused before any of it ran
+    # given unpinned, the edited file is a new module: it runs as it is now
+    assert PluginHost([str(path)], entry_points=False).sources == (pin_plugin(str(path)),)
+    assert pin_plugin(str(path)) != pinned and (tmp_path / "pinned_plugin.ran").exists()
+
+
+def test_a_plugin_that_exits_is_an_error(tmp_path):
+    path = tmp_path / "exits.py"
+    path.write_text("import sys\nsys.exit('bye')\n")
+    with pytest.raises(PluginError, match=r"exits.py' called sys.exit\('bye'\) while importing"):
+        PluginHost([str(path)], entry_points=False)

@@ -3,6 +3,7 @@ heartbeats, and one-line errors for storages that cannot be opened."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import subprocess
@@ -53,7 +54,10 @@ def test_a_study_round_trips_through_the_storage(storage_url, toy_study_spec, to
     assert [t.number for t in trials] == [0, 1]
     assert all(t.state == TrialState.COMPLETE for t in trials)
     assert trials[0].params == {"toy.bits": 2}  # the enqueued point, first
-    assert stored_spec(study, toy_host).to_dict() == spec.to_dict()
+    # the stored spec is the spec, its plugin file pinned by the sha256 of its content
+    stored = stored_spec(study, toy_host).to_dict()
+    assert stored.pop("plugins") == [f"{TOY}#sha256={hashlib.sha256(TOY.read_bytes()).hexdigest()}"]
+    assert stored == {k: v for k, v in spec.to_dict().items() if k != "plugins"}
     assert study.user_attrs["objectives"] == ["accuracy", "bitops"]
     assert study.user_attrs["units"] == {"bitops": "GBitOPs"}
     assert study.user_attrs["runs"][0]["trials"] == 2
@@ -79,7 +83,8 @@ def test_two_drivers_run_one_study_together(storage_url, toy_study_spec, tmp_pat
                                        "--no-run"])
     assert created.exit_code == 0, created.output
     drivers = [subprocess.Popen(driver_command("study", "run", "duo", "--storage", storage_url,
-                                               "--executor", "local", "--quiet"),
+                                               "--executor", "local", "--quiet",
+                                               "--trust-spec-plugins"),
                                 cwd=tmp_path, env=driver_env(), stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outputs = [d.communicate(timeout=600) for d in drivers]
@@ -193,8 +198,108 @@ def test_a_grace_period_shorter_than_the_heartbeat_is_refused(tmp_path, toy_stud
     runner = CliRunner()
     assert runner.invoke(cli, ["study", "create", str(toy_study_spec("g", n_trials=1)), "--storage", url,
                                "--no-run"]).exit_code == 0
-    result = runner.invoke(cli, ["study", "run", "g", "--storage", url, "--heartbeat", "5", "--grace", "2"])
+    result = runner.invoke(cli, ["study", "run", "g", "--storage", url, "--heartbeat", "5", "--grace", "2",
+                                 "--trust-spec-plugins"])
     assert result.exit_code == 1
     assert result.output.strip() == ("Error: the grace period (2 s) must be longer than the heartbeat "
                                      "interval (5 s), and both positive.")
     assert optuna.load_study(study_name="g", storage=url).trials == []
+
+
+def test_a_late_result_waits_for_the_lock_and_is_dropped_whole(storage_url, toy_study_spec, toy_host,
+                                                               capfd):
+    """A driver records its result while another, holding the study's lock, fails the trial as
+    stale: the result waits for the lock, then is dropped. The trial ends FAIL as an orphan,
+    with none of the late result's attributes (never COMPLETE with ``orphaned``, never a
+    traceback)."""
+    from mpsearch.driver import Driver, orphan
+    from mpsearch.study import record
+    from mpsearch.trial import TrialOutcome
+
+    spec = load_spec(toy_study_spec("late", n_trials=1), toy_host)
+    study = create_study(spec, storage_url, toy_host)
+    driver = Driver(study, 1)
+    with driver.claiming() as allowed:
+        assert allowed
+        trial = study.ask()
+        driver.started(trial)
+    outcome = TrialOutcome({"accuracy": 0.9, "bitops": 0.1}, {"test_accuracy": 0.88})
+    recorder = threading.Thread(target=record, args=(study, trial, spec, outcome, driver))
+    with study_lock(study._storage, study._study_id):  # another driver, reconciling
+        recorder.start()
+        time.sleep(1.0)
+        assert study._storage.get_trial(trial._trial_id).user_attrs == {}  # it waits
+        assert orphan(study, trial._trial_id, "no heartbeat (test)") == trial.number
+    recorder.join(timeout=60)
+    driver.heartbeat.stop()
+    (late, retry) = optuna.load_study(study_name="late", storage=storage_url).trials
+    assert late.state == TrialState.FAIL and late.values is None
+    assert late.user_attrs[ORPHAN] is True and "test_accuracy" not in late.user_attrs
+    assert retry.state == TrialState.WAITING and retry.user_attrs[RETRY_OF] == late.number
+    assert "was failed by another driver" in capfd.readouterr().err
+
+
+def test_two_creates_of_one_study_at_once_give_one_study_and_one_line_errors(storage_url,
+                                                                              toy_study_spec,
+                                                                              toy_host):
+    spec = load_spec(toy_study_spec("twin", n_trials=1), toy_host)
+    open_storage(storage_url, create=True)  # the schema exists; only the study is raced for
+    start = threading.Barrier(6)
+    results: list[object] = []
+
+    def create() -> None:
+        start.wait()
+        try:
+            results.append(create_study(spec, storage_url, toy_host).study_name)
+        except MpsearchError as exc:
+            results.append(str(exc))
+
+    threads = [threading.Thread(target=create) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert results.count("twin") == 1, results
+    assert all(r.startswith("study 'twin' already exists in ") for r in results if r != "twin")
+    assert optuna.get_all_study_names(storage_url) == ["twin"]
+
+
+def test_a_symlink_to_the_database_shares_its_lock(tmp_path):
+    real = f"sqlite:///{tmp_path / 'mpsearch.db'}"
+    storage = open_storage(real, create=True)
+    study = optuna.create_study(study_name="lock", storage=storage)
+    (tmp_path / "link.db").symlink_to(tmp_path / "mpsearch.db")
+    other = open_storage(f"sqlite:///{tmp_path / 'link.db'}")
+    order: list[str] = []
+    held = threading.Event()
+
+    def second() -> None:
+        held.wait()
+        with study_lock(other, study._study_id):
+            order.append("second in")
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    with study_lock(storage, study._study_id):
+        order.append("first in")
+        held.set()
+        time.sleep(1.0)
+        order.append("first out")
+    thread.join(timeout=30)
+    assert order == ["first in", "first out", "second in"]
+    assert sorted(p.name for p in tmp_path.glob("*.lock")) == ["mpsearch.db.lock"]
+
+
+@pytest.mark.parametrize("url, without, shown", [
+    ("postgresql+psycopg://u:pw%40x@db.example:5432/studies?sslmode=require",
+     "postgresql+psycopg://u@db.example:5432/studies?sslmode=require",
+     "postgresql+psycopg://u:***@db.example:5432/studies?sslmode=require"),
+    ("postgresql+psycopg://u@db.example/studies", "postgresql+psycopg://u@db.example/studies",
+     "postgresql+psycopg://u@db.example/studies"),
+    ("sqlite:///mpsearch.db", "sqlite:///mpsearch.db", "sqlite:///mpsearch.db"),
+])
+def test_urls_lose_their_password_for_messages_and_records(url, without, shown):
+    from mpsearch.storage import password_of, shown_url, url_without_password
+
+    assert url_without_password(url) == without and shown_url(url) == shown
+    assert password_of(url) == ("pw@x" if ":pw" in url else None)

@@ -20,10 +20,12 @@ TOY = Path(__file__).with_name("toy_plugin.py")
 
 
 def toy_spec(tmp_path: Path, name: str = "toy", n_trials: int = 3, executor: str = "local",
-             extra: str = "", space: str = "", concurrent: int = 1) -> Path:
+             extra: str = "", space: str = "", concurrent: int = 1, plugins: bool = True) -> Path:
+    """A study of the toy strategy; ``plugins=False`` leaves the toy plugin out of the spec
+    (it is then given with --plugin)."""
     path = tmp_path / f"{name}.toml"
     path.write_text(textwrap.dedent(f"""\
-        plugins = ["{TOY}"]
+        {f'plugins = ["{TOY}"]' if plugins else ''}
         [study]
         name = "{name}"
         objectives = ["accuracy", "bitops"]
@@ -110,9 +112,16 @@ def test_same_spec_and_seed_give_the_same_first_trial(tmp_path, host):
 
 @pytest.mark.ray
 def test_ray_study_with_two_concurrent_trials(tmp_path):
-    spec = toy_spec(tmp_path, n_trials=4, executor="ray", concurrent=2, space="enqueue = [{bits = 2}]")
+    # the strategy and a logger only on the command line: Ray's workers load them too
+    spec = toy_spec(tmp_path, n_trials=4, executor="ray", concurrent=2, space="enqueue = [{bits = 2}]",
+                    plugins=False)
+    logger = tmp_path / "logger.py"
+    logger.write_text("from mpsearch import hookimpl\n\n\n@hookimpl\n"
+                      "def on_trial_end(study, trial, state, values, attrs):\n"
+                      "    raise RuntimeError(f'logged {state}')\n")
     runner = CliRunner()
-    result = runner.invoke(cli, ["study", "create", str(spec), "--storage", url(tmp_path), "--quiet"])
+    result = runner.invoke(cli, ["--plugin", str(TOY), "--plugin", str(logger), "study", "create",
+                                 str(spec), "--storage", url(tmp_path), "--quiet"])
     assert result.exit_code == 0, result.output
     study = optuna.load_study(study_name="toy", storage=url(tmp_path))
     assert len(study.trials) == 4
@@ -126,6 +135,8 @@ def test_ray_study_with_two_concurrent_trials(tmp_path):
             assert not (b.values[0] >= a.values[0] and b.values[1] <= a.values[1]
                         and b.values != a.values)
     assert all(t.user_attrs["history"] for t in complete)  # per-epoch metrics kept
+    assert all(t.user_attrs["hook_warnings"] == [f"plugin '{logger}' raised in on_trial_end: "
+                                                 f"RuntimeError: logged COMPLETE"] for t in complete)
     shown = runner.invoke(cli, ["study", "show", "toy", "--storage", url(tmp_path)])
     assert shown.exit_code == 0 and "GBitOPs" in shown.output
     out = tmp_path / "toy.csv"
@@ -216,7 +227,12 @@ def test_create_without_running_then_run(tmp_path):
     assert optuna.load_study(study_name="toy", storage=url(tmp_path)).trials == []
     again = runner.invoke(cli, ["study", "create", str(spec), "--storage", url(tmp_path), "--no-run"])
     assert again.exit_code == 1 and "already exists" in again.output
-    ran = runner.invoke(cli, ["study", "run", "toy", "--storage", url(tmp_path), "--quiet"])
+    # the stored spec's plugin file is loaded only when asked for
+    refused = runner.invoke(cli, ["study", "run", "toy", "--storage", url(tmp_path), "--quiet"])
+    assert refused.exit_code == 1 and "unknown strategy 'toy'" in refused.output
+    assert f"lists plugin(s) '{TOY}'" in refused.output and "--trust-spec-plugins" in refused.output
+    ran = runner.invoke(cli, ["study", "run", "toy", "--storage", url(tmp_path), "--quiet",
+                              "--trust-spec-plugins"])
     assert ran.exit_code == 0, ran.output
     assert len(optuna.load_study(study_name="toy", storage=url(tmp_path)).trials) == 1
     unknown = runner.invoke(cli, ["study", "run", "tyo", "--storage", url(tmp_path)])
@@ -259,3 +275,12 @@ def test_every_shipped_study_spec_parses_and_is_named_after_its_file(path):
     spec = load_spec(path, PluginHost(entry_points=False))
     assert spec.name == path.stem
     assert spec.strategies and spec.cost_objectives
+
+
+def test_the_storage_may_come_from_the_environment(tmp_path):
+    spec = toy_spec(tmp_path, n_trials=1)
+    runner = CliRunner(env={"MPSEARCH_STORAGE": url(tmp_path)})
+    created = runner.invoke(cli, ["study", "create", str(spec), "--no-run"])
+    assert created.exit_code == 0 and f"in {url(tmp_path)} " in created.output, created.output
+    listed = runner.invoke(cli, ["study", "list"])
+    assert listed.exit_code == 0 and listed.output.splitlines()[1].startswith("toy "), listed.output

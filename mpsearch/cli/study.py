@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 import tomllib
@@ -12,9 +13,11 @@ import click
 from mpsearch.errors import MpsearchError
 from mpsearch.heartbeat import DEFAULT_GRACE, DEFAULT_INTERVAL
 from mpsearch.spec import EXECUTORS, SpecError, load_spec
-from mpsearch.storage import DEFAULT_STORAGE
+from mpsearch.storage import DEFAULT_STORAGE, STORAGE_ENV
 
-STORAGE_HELP = f"SQLAlchemy URL of the study storage (default: the spec's, else {DEFAULT_STORAGE})."
+STORAGE_HELP = (f"SQLAlchemy URL of the study storage (default: ${STORAGE_ENV}, else the spec's, "
+                f"else {DEFAULT_STORAGE}).")
+TRUST_FLAG = "--trust-spec-plugins"
 
 
 @click.group()
@@ -43,7 +46,7 @@ def _run_options(fn):
 
 @study.command()
 @click.argument("spec_file", metavar="SPEC", type=click.Path(dir_okay=False))
-@click.option("--storage", default=None, help=STORAGE_HELP)
+@click.option("--storage", default=None, envvar=STORAGE_ENV, show_envvar=True, help=STORAGE_HELP)
 @click.option("--no-run", is_flag=True, help="Only create the study.")
 @_run_options
 @click.pass_obj
@@ -51,71 +54,127 @@ def create(state, spec_file: str, storage: str | None, no_run: bool, n_trials: i
            executor: str | None, address: str | None, quiet: bool, heartbeat: float,
            grace: float) -> None:
     """Create the study a TOML SPEC describes, then run it and print its Pareto front."""
+    from dataclasses import replace
+
     from mpsearch.host import PluginHost
+    from mpsearch.storage import shown_url
     from mpsearch.study import create_study
 
     extra = _spec_plugins(Path(spec_file))
     host = PluginHost(tuple(state.plugins) + extra)
     spec = load_spec(spec_file, host)
-    if extra:  # store them absolute, so `study run` finds them from anywhere
-        from dataclasses import replace
-
-        spec = replace(spec, plugins=tuple(dict.fromkeys(extra)))
-    url = storage or spec.study.storage or DEFAULT_STORAGE
+    # the study records every plugin it was checked with, each file with its sha256
+    spec = replace(spec, plugins=host.sources)
+    url = state.storage(storage or spec.study.storage or DEFAULT_STORAGE)
     if not no_run:
         _check_data(spec, host, address)  # before anything is written
     spec = _check_weights(spec, host, address)
     created = create_study(spec, url, host)
-    click.echo(f"created study {spec.name!r} in {url} "
+    click.echo(f"created study {spec.name!r} in {shown_url(url)} "
                f"({spec.study.n_trials} trials of {', '.join(s.name for s in spec.strategies)})")
     if not no_run:
-        _run(host, created.study_name, url, n_trials, executor, address, quiet, heartbeat, grace)
+        _run(host, created.study_name, url, n_trials, executor, address, quiet, heartbeat, grace,
+             trusted=bool(extra))
 
 
 @study.command()
 @click.argument("name")
-@click.option("--storage", default=DEFAULT_STORAGE, show_default=True, help="SQLAlchemy URL.")
+@click.option("--storage", default=DEFAULT_STORAGE, show_default=True, envvar=STORAGE_ENV,
+              show_envvar=True, help="SQLAlchemy URL.")
+@click.option(TRUST_FLAG, "trust", is_flag=True,
+              help="Also load the plugin files the study's spec lists, if each still has the "
+                   "sha256 the study recorded (by default only installed plugins and --plugin "
+                   "files are loaded).")
 @_run_options
 @click.pass_obj
-def run(state, name: str, storage: str, n_trials: int | None, executor: str | None,
+def run(state, name: str, storage: str, trust: bool, n_trials: int | None, executor: str | None,
         address: str | None, quiet: bool, heartbeat: float, grace: float) -> None:
     """Continue study NAME: more trials, or the rest after an interruption."""
     from mpsearch.host import PluginHost
-    from mpsearch.storage import load_study
-
-    found = load_study(storage, name)
-    plugins = tuple(found.user_attrs.get("mpsearch_spec", {}).get("plugins", ()))
-    host = PluginHost(tuple(state.plugins) + plugins)
+    from mpsearch.storage import SPEC_ATTR, load_study
     from mpsearch.study import stored_spec
 
-    spec = stored_spec(found, host)
+    found = load_study(state.storage(storage), name)
+    listed = tuple((found.user_attrs.get(SPEC_ATTR) or {}).get("plugins", ()))
+    if trust:
+        _check_pinned(name, listed)
+    host = PluginHost(tuple(state.plugins) + (listed if trust else ()))
+    try:
+        spec = stored_spec(found, host)
+    except MpsearchError as exc:
+        if trust or not listed:
+            raise
+        from mpsearch.host import PIN
+
+        shown = ", ".join(repr(p.partition(PIN)[0]) for p in listed)
+        raise MpsearchError(f"{exc} The study's spec lists plugin(s) {shown}, "
+                            f"which are not loaded unless you pass {TRUST_FLAG} (each is checked "
+                            f"against the sha256 the study recorded) or give them with --plugin.") from None
     _check_data(spec, host, address)
     from mpsearch.float_start import check_unchanged
 
     check_unchanged(spec)
-    _run(host, name, storage, n_trials, executor, address, quiet, heartbeat, grace)
+    _run(host, name, storage, n_trials, executor, address, quiet, heartbeat, grace, trusted=trust)
+
+
+def _check_pinned(name: str, listed: tuple) -> None:
+    """Refuse a stored plugin file without the sha256 it had when the study was created."""
+    from mpsearch.host import PIN
+
+    for plugin in listed:
+        if not isinstance(plugin, str) or (PIN not in plugin and (plugin.endswith(".py")
+                                                                  or "/" in plugin)):
+            raise MpsearchError(f"study {name!r} lists the plugin file {plugin!r} without the sha256 "
+                                f"it had when the study was created, so {TRUST_FLAG} cannot check "
+                                f"it; read the file, then give it with --plugin.")
 
 
 def _run(host, name: str, url: str, n_trials, executor, address, quiet: bool, heartbeat: float,
-         grace: float) -> None:
+         grace: float, trusted: bool = False) -> None:
+    import signal
+
+    from mpsearch.storage import password_of
     from mpsearch.study import run_study
 
+    def terminated(signum, frame):
+        raise _Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminated)  # a SIGTERM stops the driver as Ctrl-C does
     try:
         result = run_study(name, url, host, n_trials=n_trials, executor=executor, address=address,
                            progress=not quiet, heartbeat=heartbeat, grace=grace)
-    except KeyboardInterrupt:
-        # the same plugins and executor as this run, so the command runs as given
-        plugins = [a for p in click.get_current_context().obj.plugins for a in ("--plugin", p)]
-        command = shlex.join(["mpsearch", *plugins, "study", "run", name, "--storage", url]
-                             + (["--executor", executor] if executor else []))
+    except KeyboardInterrupt as stop:
         click.echo(("\n" if sys.stderr.isatty() else "")  # ends a live progress line
-                   + f"interrupted (completed trials are kept, trials in progress are re-queued); "
-                   f"continue the study with: {command}", err=True)
-        sys.exit(130)
+                   + f"{'terminated' if isinstance(stop, _Terminated) else 'interrupted'} "
+                   f"(completed trials are kept, trials in progress are re-queued); "
+                   + ("with the storage password in PGPASSWORD or ~/.pgpass, " if password_of(url)
+                      and os.environ.get(STORAGE_ENV) != url else "")
+                   + f"continue the study with: {_continue_command(name, url, executor, trusted)}",
+                   err=True)
+        sys.exit(143 if isinstance(stop, _Terminated) else 130)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     from mpsearch.cli.study_report import print_front
 
     click.echo("")
-    print_front(result)
+    print_front(result, host=host)
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C would be, so the driver re-queues its trials at once."""
+
+
+def _continue_command(name: str, url: str, executor: str | None, trusted: bool) -> str:
+    """The command that continues the study as this run did: its plugins, executor, storage
+    (without a password: the driver reads it from PGPASSWORD or ~/.pgpass; none when
+    $MPSEARCH_STORAGE gave it)."""
+    from mpsearch.storage import url_without_password
+
+    plugins = [a for p in click.get_current_context().obj.plugins for a in ("--plugin", p)]
+    storage = [] if os.environ.get(STORAGE_ENV) == url else ["--storage", url_without_password(url)]
+    return shlex.join(["mpsearch", *plugins, "study", "run", name, *storage]
+                      + ([TRUST_FLAG] if trusted else [])
+                      + (["--executor", executor] if executor else []))
 
 
 def _check_data(spec, host, address: str | None) -> None:

@@ -2,6 +2,10 @@
 
 These are plain commands; the ``study`` group attaches :data:`COMMANDS`. Every
 error a user can act on is a one-line :class:`~mpsearch.errors.MpsearchError`.
+
+Reading a study never imports code it names: the plugin files its spec lists are
+not loaded (only installed plugins and ``--plugin`` files are), and files are never
+overwritten unless ``--force`` says so.
 """
 
 from __future__ import annotations
@@ -13,10 +17,26 @@ from typing import Any
 import click
 
 from mpsearch.errors import MpsearchError
-from mpsearch.storage import DEFAULT_STORAGE
+from mpsearch.storage import DEFAULT_STORAGE, STORAGE_ENV
 
 storage_option = click.option("--storage", default=DEFAULT_STORAGE, show_default=True, metavar="URL",
+                              envvar=STORAGE_ENV, show_envvar=True,
                               help="Optuna storage (SQLAlchemy URL) holding the study.")
+force_option = click.option("--force", is_flag=True, help="Overwrite files that exist.")
+
+
+def _fresh(path: Path, force: bool) -> Path:
+    """``path``, unless it exists and ``force`` is off."""
+    if path.exists() and not force:
+        raise MpsearchError(f"{str(path)!r} exists; give another name, or --force to overwrite it.")
+    return path
+
+
+def _file_name(name: str) -> str:
+    """A study name read from a database, checked before it names a file."""
+    from mpsearch.spec import check_study_name
+
+    return check_study_name(name, "study name")
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -79,15 +99,16 @@ def _trials_table(study, frame, show_state: bool) -> str:
 
 @click.command("list")
 @storage_option
-def list_studies(storage: str) -> None:
+@click.pass_obj
+def list_studies(state, storage: str) -> None:
     """List every study in the storage: trials by state, objectives, best accuracy."""
     from mpsearch.report import ACCURACY
-    from mpsearch.storage import OBJECTIVES_ATTR, open_storage
+    from mpsearch.storage import OBJECTIVES_ATTR, open_storage, shown_url
 
-    store = open_storage(storage)
+    store = open_storage(state.storage(storage))
     studies = store.get_all_studies()
     if not studies:
-        click.echo(f"no studies in {storage}")
+        click.echo(f"no studies in {shown_url(storage)}")
         return
     rows = []
     for s in sorted(studies, key=lambda s: s.study_name):
@@ -111,15 +132,21 @@ def list_studies(storage: str) -> None:
 @click.argument("name")
 @storage_option
 @click.option("--all", "show_all", is_flag=True, help="Show every trial, not only the Pareto front.")
-def show(name: str, storage: str, show_all: bool) -> None:
+@click.pass_obj
+def show(state, name: str, storage: str, show_all: bool) -> None:
     """Show study NAME: its Pareto front, hypervolume and a summary per strategy."""
     from mpsearch.storage import load_study
 
-    print_front(load_study(storage, name), show_all=show_all)
+    print_front(load_study(state.storage(storage), name), show_all=show_all, host=state.host)
 
 
-def print_front(study, show_all: bool = False) -> None:
-    """Print a study's Pareto front (or every trial), its hypervolume and a per-strategy summary."""
+def print_front(study, show_all: bool = False, host=None) -> None:
+    """Print a study's Pareto front (or every trial), its hypervolume and a per-strategy summary.
+
+    Args:
+        host: the plugins that compute the reference point's float-model costs
+            (default: the built-ins and installed plugins; never the study's own files).
+    """
     from mpsearch import report
 
     name = study.study_name
@@ -145,7 +172,7 @@ def print_front(study, show_all: bool = False) -> None:
         click.echo(_trials_table(study, frame, show_all))
     else:
         click.echo("  no completed trials yet")
-    reference = report.reference_point(study)
+    reference = report.reference_point(study, host)
     hv = report.study_hypervolume(study, reference)
     click.echo(f"\nhypervolume {hv.value:.6g}; reference: {reference.describe(report.units(study))}")
     summary = report.strategy_summary(study, reference)
@@ -165,15 +192,18 @@ def print_front(study, show_all: bool = False) -> None:
               help="File format (default: from the -o suffix, else csv).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="File to write (default: NAME.<format> in the working directory).")
-def export(name: str, storage: str, format_: str | None, output: str | None) -> None:
+@force_option
+@click.pass_obj
+def export(state, name: str, storage: str, format_: str | None, output: str | None,
+           force: bool) -> None:
     """Export every trial of study NAME, one row each, as csv, json or parquet."""
     from mpsearch import report
     from mpsearch.storage import load_study
 
-    study = load_study(storage, name)
+    study = load_study(state.storage(storage), name)
     format_ = report.export_format(output, format_)
-    path = Path(output) if output else Path(f"{name}{report.FORMATS[format_]}")
-    rows = report.export(study, path, format_)
+    path = Path(output) if output else Path(f"{_file_name(name)}{report.FORMATS[format_]}")
+    rows = report.export(study, _fresh(path, force), format_)
     click.echo(f"wrote {rows} row(s) to {path}")
 
 
@@ -184,24 +214,30 @@ def export(name: str, storage: str, format_: str | None, output: str | None) -> 
               help="Folder for the PNG files (created if missing).")
 @click.option("--trial", "trial_number", type=int, default=None,
               help="Also plot this trial's bits per layer.")
-def plot(name: str, storage: str, output_dir: str, trial_number: int | None) -> None:
-    """Plot study NAME's accuracy-cost front, its hypervolume history and, with --trial, one trial's bits per layer."""
+@force_option
+@click.pass_obj
+def plot(state, name: str, storage: str, output_dir: str, trial_number: int | None,
+         force: bool) -> None:
+    """Plot study NAME's accuracy-cost front (and, with --trial, one trial's bits per layer); its hypervolume history too."""
     from mpsearch import plots
     from mpsearch.storage import load_study
 
-    study = load_study(storage, name)
+    study = load_study(state.storage(storage), name)
     folder = Path(output_dir)
+    front = _fresh(folder / f"{_file_name(name)}-front.png", force)
+    history = _fresh(folder / f"{_file_name(name)}-hypervolume.png", force)
+    bits = folder / f"{name}-trial{trial_number}-bits.png"
     if trial_number is not None:
         plots.artefacts_of(study, trial_number)  # fail before drawing anything
+        _fresh(bits, force)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise MpsearchError(f"cannot create the folder {str(folder)!r}: {exc.strerror or exc}.") from exc
-    click.echo(f"wrote {plots.plot_front(study, folder / f'{name}-front.png')}")
-    click.echo(f"wrote {plots.plot_hypervolume_history(study, folder / f'{name}-hypervolume.png')}")
+    click.echo(f"wrote {plots.plot_front(study, front)}")
+    click.echo(f"wrote {plots.plot_hypervolume_history(study, history)}")
     if trial_number is not None:
-        path = folder / f"{name}-trial{trial_number}-bits.png"
-        click.echo(f"wrote {plots.plot_layer_bits(study, trial_number, path)}")
+        click.echo(f"wrote {plots.plot_layer_bits(study, trial_number, bits)}")
 
 
 COMMANDS = (list_studies, show, export, plot)
