@@ -354,3 +354,29 @@ def test_no_legal_width_in_range_is_named():
     assert legal_widths((2, 4, 8, 16), 3, 8, "weight") == [4, 8]
     with pytest.raises(MpsearchError, match="accepts no input width in 2-6 .it accepts 8, 32."):
         legal_widths((8, 32), 2, 6, "input")
+
+
+# -- the study's record and its plot ------------------------------------------------------
+
+def test_study_plot_draws_a_hawq_trials_sensitivities(tmp_path, monkeypatch):
+    import matplotlib.image
+    from click.testing import CliRunner
+
+    from mpsearch.cli import cli
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "s.toml").write_text(
+        '[study]\nname = "h"\nobjectives = ["accuracy", "bitops"]\nn_trials = 1\n'
+        '[model]\nname = "lenet5"\n[data]\nname = "mnist-mini"\ntrain_subset = 500\n'
+        '[training]\nepochs = 0\nbatch_size = 64\ndevice = "cpu"\n'
+        '[[strategy]]\nname = "hawq"\nspace.budget = 0.3\nspace.hessian_images = 64\n'
+        'space.max_iterations = 2\n[resources]\nexecutor = "local"\n')
+    runner = CliRunner()
+    created = runner.invoke(cli, ["study", "create", "s.toml", "--quiet"], catch_exceptions=False)
+    assert created.exit_code == 0, created.output
+    result = runner.invoke(cli, ["study", "plot", "h", "--trial", "0", "-o", "figs"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "figs/h-trial0-sensitivity.png" in result.output
+    image = matplotlib.image.imread(tmp_path / "figs" / "h-trial0-sensitivity.png")
+    assert image.shape[1] > 2 * image.shape[0]  # two panels side by side: weights and inputs
+    assert (tmp_path / "figs" / "h-trial0-bits.png").is_file()

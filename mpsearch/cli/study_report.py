@@ -183,7 +183,7 @@ def export(name: str, storage: str, format_: str | None, output: str | None) -> 
 @click.option("-o", "--output-dir", type=click.Path(file_okay=False), default=".", show_default=True,
               help="Folder for the PNG files (created if missing).")
 @click.option("--trial", "trial_number", type=int, default=None,
-              help="Also plot this trial's bits per layer.")
+              help="Also plot this trial's bits per layer (and a hawq trial's sensitivities).")
 def plot(name: str, storage: str, output_dir: str, trial_number: int | None) -> None:
     """Plot study NAME's accuracy-cost front (and, with --trial, one trial's bits per layer)."""
     from mpsearch import plots
@@ -201,6 +201,10 @@ def plot(name: str, storage: str, output_dir: str, trial_number: int | None) -> 
     if trial_number is not None:
         path = folder / f"{name}-trial{trial_number}-bits.png"
         click.echo(f"wrote {plots.plot_layer_bits(study, trial_number, path)}")
+        # a trial that recorded a sensitivity table (hawq): Ω per layer and width, too
+        drawn = plots.plot_sensitivity(study, trial_number, folder / f"{name}-trial{trial_number}-sensitivity.png")
+        if drawn is not None:
+            click.echo(f"wrote {drawn}")
 
 
 COMMANDS = (list_studies, show, export, plot)
