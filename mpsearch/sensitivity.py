@@ -106,9 +106,8 @@ def hutchinson_traces(model: nn.Module, batches: Sequence[tuple[torch.Tensor, to
             estimate = dict.fromkeys(blocks, 0.0)
             for x, y in batches:
                 captured: dict[str, list[torch.Tensor]] = {}
-                handles = [m.register_forward_pre_hook(
-                    lambda module, args, _n=f"{names[m]}:input": captured.setdefault(_n, []).append(args[0]))
-                    for m in layers]
+                handles = [m.register_forward_pre_hook(_keeper(captured, f"{names[m]}:input"))
+                           for m in layers]
                 try:
                     # The first layer's input is the data: it needs a gradient to be a block.
                     loss = loss_fn(model(x.detach().requires_grad_(bool(layers))), y)
@@ -139,6 +138,14 @@ def hutchinson_traces(model: nn.Module, batches: Sequence[tuple[torch.Tensor, to
     iterations = len(samples[blocks[0]]) if blocks else 0
     return TraceEstimate({b: _mean(s) for b, s in samples.items()},
                          {b: _stderr(s) for b, s in samples.items()}, iterations, converged)
+
+
+def _keeper(store: dict[str, list[torch.Tensor]], name: str, detach: bool = False):
+    """A forward pre-hook that appends the module's input to ``store[name]``."""
+    def hook(module: nn.Module, args: tuple) -> None:
+        store.setdefault(name, []).append(args[0].detach() if detach else args[0])
+
+    return hook
 
 
 def _rademacher(shape: torch.Size, generator: torch.Generator) -> torch.Tensor:
@@ -315,9 +322,8 @@ def layer_sensitivity(model: nn.Module, profile: ModelProfile,
     inputs: dict[str, list[torch.Tensor]] = {}
     was_training = model.training
     if input_widths:
-        handles = [modules[layer.name].register_forward_pre_hook(
-            lambda module, args, _n=layer.name: inputs.setdefault(_n, []).append(args[0].detach()))
-            for layer in profile]
+        handles = [modules[layer.name].register_forward_pre_hook(_keeper(inputs, layer.name, detach=True))
+                   for layer in profile]
         try:
             with torch.no_grad():
                 model.eval()

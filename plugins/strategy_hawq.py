@@ -242,7 +242,8 @@ def plan_widths(profile, omega: Callable[[str, int], float], options: Sequence[S
         raise InfeasibleBudget(f"no assignment of the widths meets every budget at once "
                                f"({'; '.join(b.describe() for b in budgets)}): {exc}; raise a budget "
                                f"or lower min_bits.") from None
-    predicted = [floor + sum(d[l][j] for l, j in enumerate(solution.choice)) for floor, d in zip(floors, deltas)]
+    predicted = [floor + sum(d[l][j] for l, j in enumerate(solution.choice))
+                 for floor, d in zip(floors, deltas)]
     return Plan(assignment_of(profile, options, solution.choice, scale_bits), solution,
                 real[tuple(solution.choice)], predicted)
 
@@ -359,8 +360,8 @@ class HawqStrategy(Strategy):
             "budget": (lambda v: _number(v) and v > 0, "a positive number"),
             "tolerance": (lambda v: _number(v) and v >= 0, "a number of at least 0"),
             "absolute": (lambda v: isinstance(v, bool), "true or false"),
-            "budget_objective": (lambda v: isinstance(v, str), "an objective's name, or \"\" for the "
-                                                               "study's first cost objective"),
+            "budget_objective": (lambda v: isinstance(v, str),
+                                 "an objective's name, or \"\" for the study's first cost objective"),
         }
         for name, (ok, rule) in rules.items():
             for v in merged[name].values():
@@ -468,6 +469,9 @@ class HawqStrategy(Strategy):
                                 "[study] objectives or name one in budget_objective.")
         first = p["budget_objective"] or next(iter(context.objectives))
         entries = [(first, float(p["budget"])), *parse_budgets(p["budgets"])]
+        if first in dict(entries[1:]):
+            raise MpsearchError(f"strategy 'hawq': objective {first!r} has a budget in both budget and "
+                                f"budgets; give it one.")
         reference_assignment = context.legalise(
             PrecisionAssignment.uniform(context.profile, REFERENCE_BITS, REFERENCE_BITS,
                                         scale_bits=_scale_bits(p["quantizer"])))

@@ -478,8 +478,9 @@ CASES = [
                                                  "OBJECTIVE=BUDGET"),
          prepare=spec(('name = "toy"', 'name = "hawq"\nspace.budgets = "size:0.5"'))),
     Case("trial-hawq-budget-infeasible", CREATE, exit=0,
-         prepare=spec(('name = "toy"', ('name = "hawq"\nspace.budget = [0.01, 0.5]\nspace.hessian_images = 32\n'
-                                         'space.max_iterations = 1\nenqueue = [{budget = 0.01}, {budget = 0.5}]')), n_trials=2),
+         prepare=spec(('name = "toy"', ('name = "hawq"\nspace.budget = [0.01, 0.5]\n'
+                                         'space.hessian_images = 32\nspace.max_iterations = 1\n'
+                                         'enqueue = [{budget = 0.01}, {budget = 0.5}]')), n_trials=2),
          check=failed_then_complete("strategy 'hawq'", "bitops <=", "cannot be met", "raise the budget")),
 ]
 

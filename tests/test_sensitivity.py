@@ -126,7 +126,7 @@ def lenet():
 
 
 def test_omega_uses_the_quantizer_the_model_deploys(lenet):
-    model, profile, batches, table = lenet
+    model, profile, _, table = lenet
     assert [r.layer for r in table.layers] == ["conv1", "conv2", "fc1", "fc2"]
     # LeNet-5's 430,500 weights (Han et al. 2016), layer by layer.
     assert [r.weights for r in table.layers] == [500, 25_000, 400_000, 5_000]
@@ -191,7 +191,8 @@ def test_the_command_prints_every_layer_and_width(tmp_path):
     result = run("sensitivity", "lenet5", *QUICK, "--weights", str(weights))
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert lines[0].startswith(f"lenet5 from weights {weights}, on the first 48 training images of mnist-mini")
+    assert lines[0].startswith(f"lenet5 from weights {weights}, on the first 48 training images "
+                               f"of mnist-mini")
     assert "stopped after 2 iteration(s)" in lines[0]
     header = next(line for line in lines if line.lstrip().startswith("trace"))
     assert header.split() == ["trace", "elements", "trace/n", *[f"Ω@{b}" for b in range(2, 9)]]

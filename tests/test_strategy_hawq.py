@@ -10,13 +10,21 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from mpsearch.plugins.strategy_hawq import (
+    BUDGET_SLACK,
+    Budget,
+    HawqStrategy,
+    InfeasibleBudget,
+    legal_widths,
+    parse_budgets,
+    plan_widths,
+    solve_ilp,
+)
 
 from mpsearch.assignment import PrecisionAssignment
 from mpsearch.errors import MpsearchError
 from mpsearch.host import PluginHost
 from mpsearch.models import model_profile
-from mpsearch.plugins.strategy_hawq import (BUDGET_SLACK, Budget, HawqStrategy, InfeasibleBudget,
-                                            legal_widths, parse_budgets, plan_widths, solve_ilp)
 from mpsearch.sensitivity import SensitivityTable
 from mpsearch.spec import Param, SpecError, parse_spec
 from mpsearch.testing.strategies_suite import StrategyTestCase
@@ -66,7 +74,7 @@ class TestHawqConformance(StrategyTestCase):
         assert "8-bit weights, 8-bit inputs" in reason
         done = run_strategy_trial(raw, strategy_name, {**params, "budget": 1.0})
         assert not done.outcome.failed, done.outcome.attrs.get(ATTR_FAIL)
-        profile, backend, _ = context_of(done)
+        _, backend, _ = context_of(done)
         assert backend.is_legal(done.assignment())
         assert {int(b) for b in done.assignment().values()} == {8}
         assert [row["phase"] for row in done.outcome.attrs[ATTR_HISTORY]] == ["finetune"]
@@ -358,6 +366,7 @@ def test_no_legal_width_in_range_is_named():
 
 # -- the study's record and its plot ------------------------------------------------------
 
+@pytest.mark.slow
 def test_study_plot_draws_a_hawq_trials_sensitivities(tmp_path, monkeypatch):
     import matplotlib.image
     from click.testing import CliRunner
@@ -380,3 +389,9 @@ def test_study_plot_draws_a_hawq_trials_sensitivities(tmp_path, monkeypatch):
     image = matplotlib.image.imread(tmp_path / "figs" / "h-trial0-sensitivity.png")
     assert image.shape[1] > 2 * image.shape[0]  # two panels side by side: weights and inputs
     assert (tmp_path / "figs" / "h-trial0-bits.png").is_file()
+
+
+def test_one_objective_gets_one_budget():
+    outcome = run_trial(parse_spec(_spec(epochs=0)), 0, "hawq",
+                        {**QUICK, "budget": 0.3, "budgets": "bitops=0.5"})
+    assert outcome.failed and "'bitops' has a budget in both budget and budgets" in outcome.attrs[ATTR_FAIL]

@@ -202,7 +202,8 @@ def plot(name: str, storage: str, output_dir: str, trial_number: int | None) -> 
         path = folder / f"{name}-trial{trial_number}-bits.png"
         click.echo(f"wrote {plots.plot_layer_bits(study, trial_number, path)}")
         # a trial that recorded a sensitivity table (hawq): Ω per layer and width, too
-        drawn = plots.plot_sensitivity(study, trial_number, folder / f"{name}-trial{trial_number}-sensitivity.png")
+        path = folder / f"{name}-trial{trial_number}-sensitivity.png"
+        drawn = plots.plot_sensitivity(study, trial_number, path)
         if drawn is not None:
             click.echo(f"wrote {drawn}")
 
