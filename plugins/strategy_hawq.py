@@ -302,17 +302,18 @@ class HawqStrategy(Strategy):
             each read like ``budget``.
         absolute: fixed false.
         act_bits: fixed 0: input widths are searched, with the activations'
-            Hessian (HAWQ-v2, Sec. 3.3); a width fixes every layer's inputs there
+            Hessian (HAWQ-v2); a width fixes every layer's inputs there
             (legalised) and only the weights are searched (HAWQ-v3's ILP).
         min_bits, max_bits: fixed 2 and 8; the widths considered.
         hessian_images: fixed 0, meaning ``[training] calibration_images``.
         tolerance, max_iterations: fixed 0.01 and 20; Hutchinson's stopping rule.
         quantizer: fixed ``"dorefa-pact"``, or ``"minmax"``.
 
-    HAWQ-v3's published figures (its Table 2 and model zoo; ResNet-18 on
-    ImageNet, each layer's weights and activations at 4 or 8 bits, BitOPs
-    budgets): 71.47 % top-1 in float, 71.56 % at W8A8 (116 GBOPs), 70.40 / 70.22
-    / 68.72 % at 92 / 72 / 54 GBOPs (mixed 4/8), 68.45 % at W4A4 (34 GBOPs).
+    HAWQ-v3's published figures (ResNet-18 on ImageNet, the authors' model zoo
+    at github.com/Zhen-Dong/HAWQ; each layer's weights and activations at 4 or
+    8 bits, BitOPs budgets): 71.47 % top-1 in float, 71.56 % at W8A8 (116
+    GBOPs), 70.40 / 70.22 / 68.72 % at 92 / 72 / 54 GBOPs (mixed 4/8), 68.45 %
+    at W4A4 (34 GBOPs).
     Reproducing them with mpsearch needs: ``[model] name = "torchvision:resnet18"``
     with ImageNet-trained weights as ``[model] weights``; ImageNet through
     ``[data] name = "imagefolder"``; ``[backend] name = "gpu"`` (4, 8 and 16
@@ -322,8 +323,8 @@ class HawqStrategy(Strategy):
     assignments' costs with ``mpsearch cost``); and tens of epochs of
     fine-tuning. Expect a gap: HAWQ-v3 folds batch normalisation into the
     convolutions, quantizes weights per channel with a symmetric range, pins the
-    first and last layers at 8 bits, ties each residual block's shortcut width to
-    its main path, and fine-tunes with distillation; mpsearch does none of these.
+    first and last layers at 8 bits, and ties each residual block's shortcut
+    width to its main path; mpsearch does none of these.
 
     Deviations: each layer's inputs get a width of their own (HAWQ-v3 gives a
     layer's weights and inputs one width); the Hessian is of the mean loss over
