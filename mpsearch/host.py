@@ -50,6 +50,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "mpsearch.plugins.strategy_alq",
     "mpsearch.plugins.strategy_adapt",
     "mpsearch.plugins.strategy_rl",
+    "mpsearch.plugins.strategy_hawq",
     "mpsearch.plugins.objective_bitops",
     "mpsearch.plugins.objective_size",
     "mpsearch.plugins.objective_memory",

@@ -1,4 +1,4 @@
-"""Figures of a study: the accuracy-cost front, and one trial's bits per layer.
+"""Figures of a study: the accuracy-cost front, one trial's bits per layer, and its sensitivities.
 
 Matplotlib is imported when a figure is drawn (with the non-interactive Agg
 backend), never on ``import mpsearch``.
@@ -224,6 +224,53 @@ def plot_layer_bits(study: optuna.Study, trial_number: int, path: str | Path) ->
     strategy = assignment.meta.get("strategy") or ""
     ax.set_title(f"{study.study_name}, trial {trial_number} {strategy}".strip())
     ax.grid(True, axis="y", alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, plt, path)
+
+
+def plot_sensitivity(study: optuna.Study, trial_number: int, path: str | Path) -> Path | None:
+    """Ω against the width for every layer of a trial that recorded a sensitivity table (``hawq``).
+
+    One panel for the weights and, where the table has them, one for the input
+    activations; the width the trial runs at is marked on each layer's line.
+
+    Returns:
+        The file written, or None when the trial recorded no sensitivity table.
+
+    Raises:
+        MpsearchError: no such trial, it saved no assignment, or the file cannot be written.
+    """
+    from mpsearch.assignment import PrecisionAssignment
+    from mpsearch.sensitivity import SensitivityTable
+
+    folder = artefacts_of(study, trial_number)
+    recorded = next(t for t in study.get_trials(deepcopy=False)
+                    if t.number == trial_number).user_attrs.get("sensitivity")
+    if recorded is None:
+        return None
+    table = SensitivityTable.from_dict(recorded, f"trial {trial_number}'s sensitivity table")
+    assignment = PrecisionAssignment.load(folder / "assignment.json")
+    kinds = [("weight", "weights")] + ([("input", "input activations")]
+                                       if any(r.input_omega for r in table.layers) else [])
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(kinds), figsize=(5.6 * len(kinds), 4.4), squeeze=False)
+    colours = plt.get_cmap("tab10")
+    for ax, (kind, label) in zip(axes[0], kinds):
+        for k, row in enumerate(table.layers):
+            omega = row.weight_omega if kind == "weight" else row.input_omega
+            widths = sorted(omega)
+            ax.plot(widths, [omega[b] for b in widths], marker=".", color=colours(k % 10), label=row.layer)
+            chosen = assignment[f"{row.layer}:{kind}"]
+            if isinstance(chosen, int) and chosen in omega:
+                ax.plot([chosen], [omega[chosen]], marker="o", markersize=9, markerfacecolor="none",
+                        color=colours(k % 10))
+        ax.set_yscale("log", nonpositive="mask")
+        ax.set_xlabel("bits")
+        ax.set_ylabel("Ω = Tr(H)/n · ‖Q(x) − x‖²")
+        ax.set_title(f"{label} (circled: the trial's widths)", fontsize="medium")
+        ax.grid(True, alpha=0.3)
+    axes[0][0].legend(fontsize="small")
+    fig.suptitle(f"{study.study_name}, trial {trial_number}: sensitivity on {table.images} images")
     fig.tight_layout()
     return _save(fig, plt, path)
 

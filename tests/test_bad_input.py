@@ -997,6 +997,26 @@ CASES = [
     Case("orphan-given-up-after-max-retries",
          [*WITH_TOY, "study", "run", "loop", "--storage", "{url}", "--quiet", "--heartbeat", "0.05",
           "--grace", "0.1"], exit=0, prepare=orphaned_twice, check=given_up),
+    # -- hawq and mpsearch sensitivity ----------------------------------------------------
+    Case("sensitivity-unknown-model", ["sensitivity", "lenet6", "--data", "mnist-mini"],
+         ("unknown model 'lenet6'", "Did you mean 'lenet5'")),
+    Case("sensitivity-data-missing", ["sensitivity", "lenet5", "--data", "mnist", "--root", "{dir}/nowhere"],
+         ("dataset 'mnist'", "nowhere", "is not a folder", "--root")),
+    Case("sensitivity-weights-wrong-shape", ["sensitivity", "lenet5", "--data", "mnist-mini",
+                                             "--weights", "{dir}/w.pt"],
+         ("w.pt", "does not fit the model", "wrong shape(s) fc2.weight [5, 500]"),
+         prepare=weights("wrong-shape")),
+    Case("sensitivity-weights-not-a-state-dict", ["sensitivity", "lenet5", "--data", "mnist-mini",
+                                                  "--weights", "{dir}/w.pt"],
+         ("w.pt", "is not a state dict"), prepare=weights("not-a-state-dict")),
+    Case("spec-hawq-budgets-malformed", CREATE, ("bad.toml", "strategy[0].space.budgets", "'size:0.5'",
+                                                 "OBJECTIVE=BUDGET"),
+         prepare=spec(('name = "toy"', 'name = "hawq"\nspace.budgets = "size:0.5"'))),
+    Case("trial-hawq-budget-infeasible", CREATE, exit=0,
+         prepare=spec(('name = "toy"', ('name = "hawq"\nspace.budget = [0.01, 0.5]\n'
+                                         'space.hessian_images = 32\nspace.max_iterations = 1\n'
+                                         'enqueue = [{budget = 0.01}, {budget = 0.5}]')), n_trials=2),
+         check=failed_then_complete("strategy 'hawq'", "bitops <=", "cannot be met", "raise the budget")),
 ]
 
 

@@ -159,12 +159,13 @@ def _state(ctx: click.Context) -> State:
 
 
 def _register_builtin_commands() -> None:
-    from mpsearch.cli import cost, export, plugins_cmd, study
+    from mpsearch.cli import cost, export, plugins_cmd, sensitivity, study
 
     cli.add_command(plugins_cmd.plugins)
     cli.add_command(cost.cost)
     cli.add_command(study.study)
     cli.add_command(export.export)
+    cli.add_command(sensitivity.sensitivity)
 
 
 _register_builtin_commands()

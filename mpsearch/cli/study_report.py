@@ -213,7 +213,7 @@ def export(state, name: str, storage: str, format_: str | None, output: str | No
 @click.option("-o", "--output-dir", type=click.Path(file_okay=False), default=".", show_default=True,
               help="Folder for the PNG files (created if missing).")
 @click.option("--trial", "trial_number", type=int, default=None,
-              help="Also plot this trial's bits per layer.")
+              help="Also plot this trial's bits per layer (and a hawq trial's sensitivities).")
 @force_option
 @click.pass_obj
 def plot(state, name: str, storage: str, output_dir: str, trial_number: int | None,
@@ -238,6 +238,11 @@ def plot(state, name: str, storage: str, output_dir: str, trial_number: int | No
     click.echo(f"wrote {plots.plot_hypervolume_history(study, history)}")
     if trial_number is not None:
         click.echo(f"wrote {plots.plot_layer_bits(study, trial_number, bits)}")
+        # a trial that recorded a sensitivity table (hawq): Ω per layer and width, too
+        sensitivity = folder / f"{_file_name(name)}-trial{trial_number}-sensitivity.png"
+        drawn = plots.plot_sensitivity(study, trial_number, _fresh(sensitivity, force))
+        if drawn is not None:
+            click.echo(f"wrote {drawn}")
 
 
 COMMANDS = (list_studies, show, export, plot)
