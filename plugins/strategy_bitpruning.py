@@ -49,9 +49,10 @@ class BitPruningStrategy(Strategy):
     Parameters (defaults):
         gamma: log range 0.05-5; the regulariser's strength. The paper used
             0.5-10 on CIFAR-10 (10 did not converge for AlexNet) and 1.0 on
-            ImageNet. On LeNet-5 and the MNIST subset in 1-2 epochs 3 already
-            lost 20 points or collapsed to chance while 0.1-1 kept over 93 %,
-            so the range is lower.
+            ImageNet. One-epoch trials of LeNet-5 on mnist-mini from its float
+            start (57 search steps, ``lr_bits`` auto) ended at 5.9, 3.0 and 3.0
+            bits per weight and 4.0, 2.8 and 2.0 per input for 0.05, 0.5 and 5,
+            at 97.1, 96.8 and 94.7 % validation accuracy.
         lr_bits: fixed ``"auto"``: Adam's learning rate of the widths is
             ``2 * (init_bits - 1) / steps`` over the search's ``steps``: a width
             moves by at most about the learning rate per step and the rate follows

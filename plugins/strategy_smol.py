@@ -62,7 +62,10 @@ class SmolStrategy(Strategy):
 
     Parameters (defaults):
         lam: log range 1e-9-1e-5; the weight ``lambda`` of the criterion, in its
-            unit (bits for ``criterion="bits"``).
+            unit (bits for ``criterion="bits"``). With ``noise_lr`` "auto", one-epoch
+            trials of LeNet-5 on mnist-mini from its float start (42 search steps)
+            ended at 7.30, 3.91 and 2.02 bits per weight for 1e-9, 1e-7 and 1e-5
+            (1.15 with ZPA), at 97.8, 97.8 and 96.2 % validation accuracy.
         p_init: fixed 8, the paper's; integers 2-16.
         granularity: ``["parameter", "layer"]`` (SMOL, SMOL-L); also ``"channel"``,
             ``"kernel"``, ``"pixel"``.
@@ -82,6 +85,11 @@ class SmolStrategy(Strategy):
         finetune_other: fixed false.
 
     Deviations:
+        - ``noise_lr`` "auto" rather than the paper's 1e-3 for searches shorter than
+          about 4,900 steps: 1e-3 was tuned for 650 epochs, and in a one-epoch
+          trial it left every weight at 7 or 8 bits (7.33 bits per weight at
+          ``lam`` 1e-9, 7.0 at 1e-5: ``s`` moved by hundredths from where it starts,
+          exactly on the edge between 7 and 8 bits).
         - Scale: the paper's grid and clip live on ``[-2, 2]`` (its appendix on
           scaling is not in our copy). Each layer's weights are mapped onto it by
           a per-layer scale fixed at the start of the search, so that the largest
