@@ -351,19 +351,3 @@ def test_default_space_draws_gamma_and_split_and_sets_the_widths_rate_by_the_bud
     assert bits_learning_rate("auto", 8, 57) == pytest.approx(14 / 57)
     assert bits_learning_rate("auto", 8, 5000) == pytest.approx(14 / 5000)
     assert bits_learning_rate(0.3, 8, 57) == 0.3
-
-
-@pytest.mark.slow
-def test_on_mnist_mini_a_stronger_gamma_costs_fewer_bitops_and_both_stay_accurate():
-    raw = base_spec("bitpruning")
-    del raw["data"]["train_subset"]  # all 9,000 training images (1,000 held out)
-    raw["training"].update(epochs=2, batch_size=128)
-    spec = parse_spec(raw)
-    outcomes = [run_trial(spec, 0, "bitpruning", {"gamma": g, "split": 0.8})
-                for g in (0.1, 1.0)]
-    for outcome in outcomes:
-        assert not outcome.failed, outcome.attrs.get("fail_reason")
-        assert outcome.values["accuracy"] > 0.94
-    weak, strong = outcomes
-    assert strong.values["bitops"] < weak.values["bitops"]
-    assert strong.attrs["average_weight_bits"] < 5  # from 8

@@ -407,16 +407,3 @@ def test_an_objective_without_a_differentiable_form_fails_the_trial_clearly():
     outcome = run_trial(parse_spec(base_spec("fracbits")), 0, "fracbits",
                         {"target_fraction": 0.3, "objective": "no-such-cost"})
     assert outcome.failed and "unknown objective 'no-such-cost'" in outcome.attrs["fail_reason"]
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("fraction", [0.25, 0.4])
-def test_two_epochs_on_mnist_mini_learn_at_the_target(fraction):
-    raw = base_spec("fracbits")
-    del raw["data"]["train_subset"]  # all 9,000 training images (1,000 held out)
-    raw["training"].update(epochs=2, batch_size=128)
-    outcome = run_trial(parse_spec(raw), 0, "fracbits",
-                        {"target_fraction": fraction, "kappa": 10.0, "granularity": "channel"})
-    assert not outcome.failed, outcome.attrs.get("fail_reason")
-    assert outcome.values["accuracy"] > 0.95
-    assert abs(outcome.attrs["deviation"]) <= 0.01
