@@ -67,7 +67,7 @@ class TestALQConformance(StrategyTestCase):
 
     @pytest.fixture
     def min_accuracy(self):
-        return 0.35
+        return 0.8  # the float start has 0.887; measured 0.874 at 2 bits per weight
 
     def test_storage_attributes_are_eq26_and_match_the_size_objective(self, trial: TrialRun):
         attrs, values = trial.outcome.attrs, trial.outcome.values

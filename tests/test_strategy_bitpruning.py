@@ -49,6 +49,10 @@ class TestBitPruningConformance(StrategyTestCase):
         return STRONG
 
     @pytest.fixture
+    def min_accuracy(self):
+        return 0.7  # the float start has 0.887; measured 0.767 at 2.1 bits per weight, 2 per input
+
+    @pytest.fixture
     def weaker_params(self):
         return WEAK
 

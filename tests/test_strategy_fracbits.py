@@ -72,6 +72,10 @@ class TestFracBitsConformance(StrategyTestCase):
     def params(self):
         return PARAMS
 
+    @pytest.fixture
+    def min_accuracy(self):
+        return 0.8  # the float start has 0.887; measured 0.866
+
     # No stronger/weaker pair: a lower target costs less by construction (the threshold
     # search meets it); what the search learns is tested below.
 

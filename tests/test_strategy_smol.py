@@ -46,6 +46,10 @@ class TestSmolConformance(StrategyTestCase):
         return params
 
     @pytest.fixture
+    def min_accuracy(self):
+        return 0.8  # the float start has 0.887; measured 0.864
+
+    @pytest.fixture
     def stronger_params(self):
         return {"lam": 1e-5, **FAST}
 
