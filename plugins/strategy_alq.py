@@ -34,6 +34,11 @@ INIT_BASES, INIT_COORDS = 5, 10
 ROUND_PRUNE, ROUND_BASES, ROUND_COORDS = 1, 10, 20
 FINAL_COORDS = 30
 FLOAT_BITS = 32
+# The fewest mini-batches a pruning round spreads its removals over: two spans of the
+# first momentum's memory (beta1 = 0.9, about 10 batches), so that every iteration's
+# scores rest on momenta renewed since the last removals. The paper prunes over about an
+# epoch; one batch (what a short budget's share came to) removed half the bits at once.
+MIN_PRUNE_BATCHES = 20
 
 
 @dataclass
@@ -45,15 +50,19 @@ class Phase:
     steps: int = 0
 
 
-def plan_phases(total_steps: int, rounds: int) -> list[Phase]:
+def plan_phases(total_steps: int, rounds: int, min_prune: int = MIN_PRUNE_BATCHES) -> list[Phase]:
     """The schedule of ``total_steps`` mini-batch steps, in the paper's proportions.
 
-    Every round's pruning gets at least one step (a pruning iteration needs one
-    batch's gradient); the other phases share the rest in proportion to their
-    epochs in the paper (largest remainders), so a short budget may leave some
-    with none. Rounds are cut to ``total_steps`` when there are fewer steps.
+    Every round's pruning gets at least ``min_prune`` steps, and pruning at its
+    minimum takes at most half of the budget: rounds are cut to
+    ``total_steps // (2 * min_prune)`` (at least one), and a budget under
+    ``2 * min_prune`` steps gives its one round half of them. The other phases
+    share the rest in proportion to their epochs in the paper (largest
+    remainders), so a short budget may leave some with none.
     """
-    rounds = max(1, min(int(rounds), int(total_steps)))
+    total_steps = int(total_steps)
+    rounds = max(1, min(int(rounds), total_steps // (2 * min_prune)))
+    least = max(1, min(min_prune, total_steps // 2))
     phases = [Phase("bases", 0), Phase("coords", 0)]
     weights = [INIT_BASES, INIT_COORDS]
     for r in range(1, rounds + 1):
@@ -63,15 +72,15 @@ def plan_phases(total_steps: int, rounds: int) -> list[Phase]:
     weights.append(FINAL_COORDS)
     for p in phases:
         if p.kind == "prune":
-            p.steps = 1
-    rest = total_steps - rounds
+            p.steps = least
+    rest = total_steps - rounds * least
     others = [i for i, p in enumerate(phases) if p.kind != "prune"]
     total_w = sum(weights)
     ideal = {i: total_steps * weights[i] / total_w for i in range(len(phases))}
-    # pruning keeps what it is due beyond its one step when the budget allows
+    # pruning keeps what it is due beyond its minimum when the budget allows
     for i, p in enumerate(phases):
         if p.kind == "prune":
-            extra = min(int(ideal[i]) - 1, rest) if ideal[i] >= 2 else 0
+            extra = min(int(ideal[i]) - least, rest) if ideal[i] >= least + 1 else 0
             p.steps += max(0, extra)
             rest -= max(0, extra)
     share = {i: rest * weights[i] / sum(weights[j] for j in others) for i in others}
@@ -172,9 +181,11 @@ class ALQStrategy(Strategy):
     The trial starts from the study's float start (the paper quantizes
     pretrained networks). The trial's ``epochs`` are split in mini-batch steps in the paper's
     LeNet-5 proportions: retraining after sketching 5 (bases) + 10 (coordinates),
-    each round 1 (pruning) + 10 + 20, final 30; every pruning round gets at
-    least one step, the others may get none on a tiny budget, and rounds are cut
-    to the steps there are. Learning rates drop 10x halfway through each phase.
+    each round 1 (pruning) + 10 + 20, final 30; every pruning round spreads its
+    removals over at least ``MIN_PRUNE_BATCHES`` (20) batches, rounds are cut so
+    that pruning at that minimum takes at most half of the steps (a budget under
+    40 steps prunes once, over half of them), and the other phases may get none
+    on a tiny budget. Learning rates drop 10x halfway through each phase.
 
     The assignment records every weight's group width (``parameter``
     granularity, 0 for removed groups) and, as each weight group's
@@ -184,7 +195,8 @@ class ALQStrategy(Strategy):
 
     Parameters (defaults):
         target_bits: range 0.4-2.0; average bits per weight at the end (may be < 1).
-        rounds: integer range 2-6; pruning rounds ``R`` (the paper: 6 on LeNet-5).
+        rounds: integer range 2-6; pruning rounds ``R`` (the paper: 6 on LeNet-5),
+            cut where the budget cannot give each its 20 pruning batches.
         prune_ratio: range 0.3-0.4; the least share of bits each round removes
             (Eq. 28's 0.3; 0.4 on LeNet-5).
         i_max: ``[4, 6, 8]``; the most bases per group after sketching (the paper: 6
@@ -210,6 +222,9 @@ class ALQStrategy(Strategy):
           layers' group sizes differ (the paper's LeNet-5 has 25 to 500). With
           equal group sizes it is the paper's ``M_p`` coordinates per iteration.
           ``prune_ratio`` is raised when ``rounds`` rounds of it would miss the target.
+        - A pruning round takes at least 20 batches (``MIN_PRUNE_BATCHES``), or
+          its proportional share when larger; the paper prunes over about an
+          epoch, which short budgets cannot spend.
         - The per-layer top-k % is widened to twice the iteration's share of
           bits when fewer pruning iterations than the paper's (an epoch's worth)
           leave too few candidates; a layer keeps at least one coordinate.

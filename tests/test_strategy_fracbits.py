@@ -13,13 +13,15 @@ from mpsearch.assignment import PrecisionAssignment
 from mpsearch.errors import MpsearchError
 from mpsearch.host import PluginHost
 from mpsearch.models import model_profile
-from mpsearch.plugins.strategy_fracbits import (EDGE, FracBitsSearch, FracBitsStrategy, LayerPlan,
+from mpsearch.plugins.strategy_fracbits import (EDGE, KAPPA, FracBitsSearch, FracBitsStrategy, LayerPlan,
                                                 depends_on_inputs, discretise, initial_width,
-                                                quantize_fractional, threshold_search, uniform_width)
-from mpsearch.quant import FixedBits, LearnableBits, PACTQuantizer, quantizers
+                                                quantize_fractional, threshold_search, uniform_width,
+                                                width_groups)
+from mpsearch.quant import FixedBits, LearnableBits, PACTQuantizer, bit_parameters, quantizers
 from mpsearch.spec import Param, SpecError, parse_spec
 from mpsearch.testing.strategies_suite import StrategyTestCase, base_spec
-from mpsearch.trial import run_trial
+from mpsearch.training import make_optimizer, train_epoch
+from mpsearch.trial import load_data, run_trial
 
 optuna = pytest.importorskip("optuna")
 
@@ -32,7 +34,33 @@ SIZE = HOST.objectives.get("size")
 GENERIC = HOST.backends.get("generic")
 
 # Kernel-wise (per output channel) search, so the 1 % target is reachable on LeNet-5.
-PARAMS = {"target_fraction": 0.35, "kappa": 10.0, "split": 0.8, "granularity": "channel"}
+PARAMS = {"target_fraction": 0.35, "split": 0.8, "granularity": "channel", "first_last_bits": 8}
+
+
+def _search_from(weights, init, target_bits, lr_bits, granularity="layer", epochs=2):
+    """Widths from ``init`` pulled by the default penalty to uniform ``target_bits``'s cost, trained on
+    1,000 mnist-mini images from the float start ``weights``; returns (mean width per learned group,
+    relative cost, relative target)."""
+    spec = parse_spec(base_spec("fracbits"))
+    train = load_data(spec)[0]
+    model = LENET.create(10, (1, 28, 28), seed=0)
+    model.load_state_dict(torch.load(weights, weights_only=True))
+    plan = LayerPlan(PROFILE, 8, weight_only=False)
+    quantize_fractional(model, plan, init, granularity=granularity, min_bits=1, max_bits=8)
+    reference = BITOPS.evaluate(PROFILE, plan.uniform(8, fixed=8))
+    target = BITOPS.evaluate(PROFILE, plan.uniform(target_bits))
+    search = FracBitsSearch(model, PROFILE, BITOPS, target, KAPPA, reference)
+    widths = bit_parameters([model])
+    others = [q for q in model.parameters() if all(q is not w for w in widths)]
+    optimizer = make_optimizer(spec.training, [{"params": others},
+                                               *width_groups(widths, spec.training.lr * lr_bits)])
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(epochs):
+        train_epoch(model, train, optimizer, batch_size=64, generator=generator, extra_loss=search.penalty,
+                    after_step=search.project)
+    with torch.no_grad():
+        means = {g: float(b().mean()) for g, b in search.learnable().items()}
+        return means, float(search.cost()) / reference, target / reference
 
 
 class TestFracBitsConformance(StrategyTestCase):
@@ -45,12 +73,11 @@ class TestFracBitsConformance(StrategyTestCase):
         return PARAMS
 
     @pytest.fixture
-    def stronger_params(self):
-        return {"target_fraction": 0.25}
+    def min_accuracy(self):
+        return 0.8  # the float start has 0.887; measured 0.866
 
-    @pytest.fixture
-    def weaker_params(self):
-        return {"target_fraction": 0.5}
+    # No stronger/weaker pair: a lower target costs less by construction (the threshold
+    # search meets it); what the search learns is tested below.
 
     def test_cost_lands_within_one_percent_of_the_target(self, trial):
         attrs = trial.outcome.attrs
@@ -91,6 +118,61 @@ class TestFracBitsConformance(StrategyTestCase):
         assert [row["phase"] for row in history] == ["search", "finetune"]
         assert history[-1]["weight_bits"] == pytest.approx(attrs["average_weight_bits"])
         assert history[-1]["act_bits"] == pytest.approx(attrs["average_activation_bits"])
+
+    def test_the_search_moved_the_widths_and_recorded_them(self, trial):
+        attrs = trial.outcome.attrs
+        learned = attrs["search_widths"]
+        assert set(learned) == {"conv2:weight", "conv2:input", "fc1:weight", "fc1:input"}
+        # 13 search steps from b_t + 0.5, where the cost is near the target already:
+        # what moves the widths is the data loss against the penalty (at lr_bits 0 all stay).
+        assert max(abs(w - attrs["initial_bits"]) for w in learned.values()) > 0.1
+
+    @pytest.mark.parametrize("granularity", ["layer", "channel"])
+    def test_the_default_penalty_moves_the_widths_to_the_target_expensive_layers_most(
+            self, suite_float_start, granularity):
+        # From 5.5 bits to the cost of uniform 3 bits in 32 steps. conv2 does 4 times fc1's MACs,
+        # so each of its widths costs 4 times as much: the penalty lowers it furthest.
+        means, cost, target = _search_from(suite_float_start, 5.5, 3, 10.0, granularity)
+        assert cost == pytest.approx(target, rel=0.1)
+        assert 5.5 - means["conv2:weight"] >= 1 and 5.5 - means["conv2:input"] >= 1, means
+        assert means["conv2:weight"] < means["fc1:weight"] - 0.3, means
+        assert means["conv2:input"] < means["fc1:input"] - 0.3, means
+        # The widths' learning rate is what moves them: at 0 nothing does.
+        frozen, _, _ = _search_from(suite_float_start, 5.5, 3, 0.0, granularity, epochs=1)
+        assert all(m == pytest.approx(5.5) for m in frozen.values())
+
+
+# -- what the search learns -------------------------------------------------------------------
+
+RESNET18 = model_profile(HOST.models.get("torchvision:resnet18"), 1000, (3, 224, 224))
+
+
+@pytest.mark.parametrize("objective, paper_kappa", [(BITOPS, 0.1), (SIZE, 1.0)])
+def test_the_relative_penalty_is_the_papers_on_resnet18(objective, paper_kappa):
+    # The paper's kappa: 0.1 per GBitOPs, 1 per MB, for ResNet-18 (116.1 GBitOPs, 11.68 MB at 8 bits).
+    plan = LayerPlan(RESNET18, 8, weight_only=not depends_on_inputs(objective, RESNET18))
+    reference = objective.evaluate(RESNET18, plan.uniform(8, fixed=8))
+    assert KAPPA / reference == pytest.approx(paper_kappa, rel=0.01)
+
+
+def test_per_channel_widths_move_on_average_as_the_layers_one_width():
+    # The preconditioned gradient of a layer's channel widths sums to the layer-wise gradient.
+    grads = {}
+    for granularity in ("layer", "channel"):
+        model = LENET.create(10, (1, 28, 28), seed=0)
+        plan = LayerPlan(PROFILE, 8, weight_only=False)
+        quantize_fractional(model, plan, 4.5, granularity=granularity, min_bits=1, max_bits=8)
+        widths = bit_parameters([model])
+        width_groups(widths, 1.0)
+        x = torch.randn(8, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+        model(x).logsumexp(1).sum().backward()
+        grads[granularity] = {g: q.bits.value.grad.clone() for g, q in quantizers(model).items()
+                              if isinstance(q.bits, LearnableBits)}
+    channel = grads["channel"]["conv2:weight"]
+    assert channel.numel() == 50 and float(channel.std()) > 0  # the channels spread too
+    assert float(channel.mean()) == pytest.approx(float(grads["layer"]["conv2:weight"]), rel=1e-4)
+    assert float(grads["channel"]["fc1:input"]) == pytest.approx(float(grads["layer"]["fc1:input"]),
+                                                                 rel=1e-4)
 
 
 # -- the threshold search ------------------------------------------------------------------
@@ -288,11 +370,11 @@ def _suggest(space):
     return FracBitsStrategy().suggest(trial, space, "fracbits"), set(trial.params)
 
 
-def test_the_default_space_draws_target_fraction_kappa_and_split():
+def test_the_default_space_draws_target_fraction_and_split():
     drawn, names = _suggest({})
-    assert names == {"fracbits.target_fraction", "fracbits.kappa", "fracbits.split"}
-    assert 0.1 <= drawn["target_fraction"] <= 0.6 and 0.01 <= drawn["kappa"] <= 100
-    assert "target" not in drawn and drawn["granularity"] == "layer" and drawn["first_last_bits"] == 8
+    assert names == {"fracbits.target_fraction", "fracbits.split"}
+    assert 0.1 <= drawn["target_fraction"] <= 0.6 and drawn["kappa"] == "auto" and drawn["lr_bits"] == 10.0
+    assert "target" not in drawn and drawn["granularity"] == "layer" and drawn["first_last_bits"] == 0
 
 
 def test_a_target_in_the_objectives_unit_replaces_the_fraction():
@@ -303,7 +385,7 @@ def test_a_target_in_the_objectives_unit_replaces_the_fraction():
 
 def test_a_run_without_kappa_or_split_uses_the_papers():
     resolved = FracBitsStrategy.resolve({"target_fraction": 0.3})
-    assert resolved["kappa"] == "auto" and resolved["split"] == 0.8
+    assert resolved["kappa"] == "auto" and resolved["split"] == 0.8 and resolved["lr_bits"] == 10.0
     with pytest.raises(MpsearchError, match="needs target_fraction"):
         FracBitsStrategy.resolve({"kappa": 1.0})
 
@@ -315,6 +397,7 @@ def test_a_run_without_kappa_or_split_uses_the_papers():
     ({"target_fraction": Param(value=0.0)}, "positive"),
     ({"split": Param(value=1.5)}, r"\(0, 1\]"),
     ({"kappa": Param(value=-1.0)}, "at least 0"),
+    ({"lr_bits": Param(value=-0.5)}, "at least 0"),
     ({"first_last_bits": Param(value=40)}, "0-32"),
     ({"min_bits": Param(value=9)}, "0-8"),
     ({"weight_only": Param(value="yes")}, "true, false"),
@@ -328,16 +411,3 @@ def test_an_objective_without_a_differentiable_form_fails_the_trial_clearly():
     outcome = run_trial(parse_spec(base_spec("fracbits")), 0, "fracbits",
                         {"target_fraction": 0.3, "objective": "no-such-cost"})
     assert outcome.failed and "unknown objective 'no-such-cost'" in outcome.attrs["fail_reason"]
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("fraction", [0.25, 0.4])
-def test_two_epochs_on_mnist_mini_learn_at_the_target(fraction):
-    raw = base_spec("fracbits")
-    del raw["data"]["train_subset"]  # all 9,000 training images (1,000 held out)
-    raw["training"].update(epochs=2, batch_size=128)
-    outcome = run_trial(parse_spec(raw), 0, "fracbits",
-                        {"target_fraction": fraction, "kappa": 10.0, "granularity": "channel"})
-    assert not outcome.failed, outcome.attrs.get("fail_reason")
-    assert outcome.values["accuracy"] > 0.95
-    assert abs(outcome.attrs["deviation"]) <= 0.01

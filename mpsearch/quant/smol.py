@@ -18,8 +18,9 @@ weight's rounding error.
 - :class:`SmolWeightQuantizer`: noisy weights while the search runs, SMOL's grid
   with straight-through gradients once its widths are frozen.
 - :class:`SmolPACTQuantizer`: SMOL-A (Sec. 4.4): PACT-clipped inputs plus noise
-  ``(M / 2) * sigma(s) * eps`` with ``M`` the clip's range, then PACT at the
-  learned precision.
+  as wide as PACT's grid's worst rounding error at the precision ``s`` stands for
+  (``(M / 2) * sigma / (2 - sigma)`` with ``M`` the clip's range; the paper's
+  ``(M / 2) * sigma`` is twice that), then PACT at the learned precision.
 
 While ``bits`` is a :class:`NoiseBits`, a quantizer in training mode adds noise
 (drawn from its ``generator``) and in eval mode quantizes at the current integer
@@ -228,9 +229,13 @@ class SmolWeightQuantizer(WidthQuantizer):
 class SmolPACTQuantizer(PACTQuantizer):
     """SMOL-A: PACT-clipped inputs with noise of a trained magnitude, then PACT at the learned width.
 
-    While searching, training steps compute ``clip(x) + (M / 2) * sigma(s) * eps``,
-    where ``clip`` is PACT's ``[0, alpha]`` (``M = alpha``) or, for signed inputs,
-    ``[-alpha, alpha]`` (``M = 2 alpha``); ``alpha`` is trained through both terms.
+    While searching, training steps compute ``clip(x) + (M / 2) * sigma / (2 - sigma) * eps``
+    (:meth:`half_width`), where ``clip`` is PACT's ``[0, alpha]`` (``M = alpha``) or, for
+    signed inputs, ``[-alpha, alpha]`` (``M = 2 alpha``); ``alpha`` is trained through
+    both terms. The paper's ``(M / 2) * sigma`` is twice the worst rounding error of the
+    PACT grid deployed at the precision ``sigma`` stands for (``M / 2**(p+1)`` against
+    ``M / 2**p``), which made the learned input precisions about a bit wider than needed;
+    the half-width here equals that error at every integer precision (and the paper's at 1 bit).
     Evaluation, and everything after :func:`freeze_bits`, is :class:`PACTQuantizer`
     at the integer precision. One ``s`` per input tensor (see the strategy's
     deviations); ``alpha`` is calibrated on the first training batch as PACTQuantizer does.
@@ -252,6 +257,18 @@ class SmolPACTQuantizer(PACTQuantizer):
     def searching(self) -> bool:
         return isinstance(self.bits, NoiseBits)
 
+    def half_width(self, a: torch.Tensor) -> torch.Tensor:
+        """The noise's half-width ``(M / 2) * sigma / (2 - sigma)`` for the clip ``a``.
+
+        At the ``s`` of an integer precision ``p`` (``sigma = 2**(1 - p)``) this is
+        ``M / (2 (2**p - 1))``, the largest rounding error of PACT's ``2**p`` levels
+        over the range ``M``: the perturbation the deployed activation may suffer, as
+        ``sigma`` is for the weights on SMOL's grid.
+        """
+        sigma = self.bits.sigma()
+        full_range = 2 * a if self.two_sided else a
+        return full_range / 2 * sigma / (2 - sigma)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.searching:
             return super().forward(x)
@@ -259,9 +276,8 @@ class SmolPACTQuantizer(PACTQuantizer):
         if self.training:
             low = -a if self.two_sided else torch.zeros_like(a)
             clipped = torch.minimum(torch.maximum(x, low), a)
-            half_range = a if self.two_sided else a / 2
             eps = uniform_noise(x.shape, self.generator, x.device, x.dtype)
-            return clipped + (half_range * self.bits.sigma()) * eps
+            return clipped + self.half_width(a) * eps
         p = self.bits.precision()
         if self.two_sided:
             return fake_quant(x, p, -a, 2 * a, -a, 2 * a, fractional=False)
