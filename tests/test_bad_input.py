@@ -432,6 +432,12 @@ CASES = [
          check=failed_then_complete("NaN", "lower the learning rate")),
     Case("trial-out-of-memory", CREATE, exit=0, prepare=flaky("oom", "ok"),
          check=failed_then_complete("out of memory", "Lower [training] batch_size")),
+    Case("trial-diverged-to-chance", CREATE, exit=0,
+         prepare=spec(('name = "toy"', ('name = "toy"\nspace.behaviour = ["ok", "chance"]\n'
+                                         'enqueue = [{behaviour = "chance"}, {behaviour = "ok"}]')),
+                      n_trials=2),
+         check=failed_then_complete("diverged: validation accuracy", "chance level at the end",
+                                    "lower the learning rates")),
     Case("checkpoint-corrupt", ["study", "run", "ck", "--storage", "{url}", "--quiet",
                                 "--heartbeat", "0.05", "--grace", "0.1"],
          exit=0, prepare=corrupt_checkpoint, check=restarted_from_scratch),
