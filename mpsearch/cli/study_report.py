@@ -183,9 +183,9 @@ def export(name: str, storage: str, format_: str | None, output: str | None) -> 
 @click.option("-o", "--output-dir", type=click.Path(file_okay=False), default=".", show_default=True,
               help="Folder for the PNG files (created if missing).")
 @click.option("--trial", "trial_number", type=int, default=None,
-              help="Also plot this trial's bits per layer.")
+              help="Also plot this trial's bits per layer, and how its widths moved during the search.")
 def plot(name: str, storage: str, output_dir: str, trial_number: int | None) -> None:
-    """Plot study NAME's accuracy-cost front (and, with --trial, one trial's bits per layer)."""
+    """Plot study NAME's accuracy-cost front (and, with --trial, one trial's bits per layer and their trajectory)."""
     from mpsearch import plots
     from mpsearch.storage import load_study
 
@@ -201,6 +201,8 @@ def plot(name: str, storage: str, output_dir: str, trial_number: int | None) -> 
     if trial_number is not None:
         path = folder / f"{name}-trial{trial_number}-bits.png"
         click.echo(f"wrote {plots.plot_layer_bits(study, trial_number, path)}")
+        path = plots.plot_widths(study, trial_number, folder / f"{name}-trial{trial_number}-widths.png")
+        click.echo(f"wrote {path}" if path else f"trial {trial_number} recorded no widths per epoch")
 
 
 COMMANDS = (list_studies, show, export, plot)
