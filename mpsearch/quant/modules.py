@@ -235,8 +235,8 @@ def quantize_at(model: nn.Module, profile: ModelProfile, assignment: PrecisionAs
     Args:
         family: ``"dorefa-pact"`` (DoReFa weights, PACT inputs, two-sided where a
             layer's inputs are signed), ``"minmax"`` (min-max for both) or
-            ``"linear"`` (HAQ's linear quantizer for both, clips by KL divergence
-            when calibrated, learnable for inputs). Groups at 32 bits stay float.
+            ``"linear"`` (HAQ's linear quantizer for both, clips by the least squared
+            error when calibrated, learnable for inputs). Groups at 32 bits stay float.
     """
     from mpsearch.quant.linear import LinearQuantizer
     from mpsearch.quant.quantizers import DoReFaQuantizer, MinMaxQuantizer, PACTQuantizer
