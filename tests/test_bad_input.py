@@ -363,6 +363,8 @@ CASES = [
     Case("spec-bits-outside-0-32", CREATE, ("bad.toml", "strategy[0].space.bits",
                                             "40 is not a width", "1-32"),
          prepare=spec(('name = "toy"', 'name = "uniform"\nspace.bits = [4, 40]'))),
+    Case("spec-rl-exploration-grows", CREATE, ("bad.toml", "strategy[0]", "noise_final can exceed noise"),
+         prepare=spec(('name = "toy"', 'name = "rl"\nspace.noise_final = 0.9'))),
     Case("spec-plugin-file-missing", CREATE, ("plugin file", "missing_plugin.py", "does not exist"),
          prepare=spec((f'plugins = ["{TOY}"]', 'plugins = ["missing_plugin.py"]'))),
     # -- datasets ----------------------------------------------------------------------
