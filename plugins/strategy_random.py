@@ -123,7 +123,8 @@ class RandomStrategy(Strategy):
             "candidates": [{"cost": c.cost, "val_accuracy": a, "fits": c.fits}
                            for c, a in zip(drawn, accuracies)],
             "search_widths": {"step": "candidate", "score_name": "val_accuracy", "best": best,
-                              "groups": {g: [int(c.assignment[g]) for c in drawn] for g in drawn[0].assignment},
+                              "groups": {g: [int(c.assignment[g]) for c in drawn]
+                                         for g in drawn[0].assignment},
                               "score": accuracies},
         }
         return SearchResult(model, drawn[best].assignment, float(context.epochs), attrs)

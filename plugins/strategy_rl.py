@@ -284,7 +284,7 @@ class Episode:
 
 
 def noise_at(episode: int, *, episodes: int, warmup: int, noise: float, noise_final: float) -> float | None:
-    """The exploration σ of ``episode``: None in the warm-up, then geometric from ``noise`` to ``noise_final``.
+    """The exploration σ of ``episode``: None in the warm-up, then geometric to ``noise_final``.
 
     σ is ``noise`` at the first policy episode and ``noise_final`` at the last
     (``noise`` throughout with a single policy episode); both are positive.
@@ -298,7 +298,7 @@ def noise_at(episode: int, *, episodes: int, warmup: int, noise: float, noise_fi
 
 
 def greedy_after(episodes: int, warmup: int, checks: int = GREEDY_CHECKS) -> set[int]:
-    """The policy episodes after whose updates the greedy policy is scored: ``checks``, evenly, ending at the last."""
+    """The policy episodes after whose updates the greedy policy is scored: ``checks``, to the last."""
     policy = episodes - warmup
     checks = min(checks, policy)
     if checks <= 0:

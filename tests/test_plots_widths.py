@@ -31,7 +31,8 @@ def history(epochs: int = 4) -> list[dict]:
     for e in range(epochs):
         phase = "search" if e < epochs - 1 else "finetune"
         rows.append({"epoch": e, "phase": phase, "loss": 0.1, "val_accuracy": 0.9,
-                     **{f"{WIDTHS_PREFIX}{g}": 8.0 - min(e, epochs - 2) * (1.0 + i) for i, g in enumerate(GROUPS)}})
+                     **{f"{WIDTHS_PREFIX}{g}": 8.0 - min(e, epochs - 2) * (1.0 + i)
+                        for i, g in enumerate(GROUPS)}})
     return rows
 
 
@@ -64,7 +65,8 @@ def study(tmp_path_factory):
         study.add_trial(create_trial(
             params={"strategy": "s"}, distributions={"strategy": CategoricalDistribution(["s"])},
             values=None if state == TrialState.FAIL else [0.9, 0.1],
-            user_attrs={"strategy": "s", **attrs, **({} if state == TrialState.FAIL else {"artefacts": str(art)})},
+            user_attrs={"strategy": "s", **attrs,
+                        **({} if state == TrialState.FAIL else {"artefacts": str(art)})},
             state=state))
     return url, study
 

@@ -401,3 +401,30 @@ def test_a_maximised_first_objective_fails_the_trial_with_its_name():
     outcome = run_trial(parse_spec(spec), 0, "rl", PARAMS)
     assert outcome.failed
     assert "'adapt-inference-speedup' is maximised" in outcome.attrs[ATTR_FAIL]
+
+
+# -- on the real MNIST --------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_on_mnist_its_point_is_not_dominated_by_randoms_at_the_same_budget(shared_datasets, tmp_path):
+    # One float start (an epoch of LeNet-5 on 54,000 images), then rl at its defaults and
+    # random at its middle candidate count, both at a fifth of the 8-bit BitOPs and both
+    # fine-tuning their chosen widths for the same 1 epoch.
+    from mpsearch.float_start import make_float_start
+
+    raw = {"study": {"name": "rl-mnist", "objectives": ["accuracy", "bitops"], "n_trials": 1, "seed": 0},
+           "model": {"name": "lenet5"}, "data": {"name": "mnist", "root": str(shared_datasets)},
+           "training": {"pretrain_epochs": 1, "epochs": 1, "batch_size": 128, "lr": 0.05, "device": "cpu"},
+           "strategy": [{"name": "rl"}, {"name": "random"}], "resources": {"executor": "local"}}
+    spec = parse_spec(raw)
+    make_float_start(spec, HOST, tmp_path)
+    points = {}
+    for name, params in (("rl", {"budget": 0.2}), ("random", {"budget": 0.2, "candidates": 6})):
+        outcome = run_trial(spec, 0, name, params, artefacts=tmp_path)
+        assert not outcome.failed, outcome.attrs.get(ATTR_FAIL)
+        points[name] = (outcome.values["accuracy"], outcome.values["bitops"])
+    (acc, cost), (other_acc, other_cost) = points["rl"], points["random"]
+    assert acc > 0.97
+    dominated = other_acc >= acc and other_cost <= cost and (other_acc, other_cost) != (acc, cost)
+    assert not dominated, points

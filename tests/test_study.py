@@ -135,7 +135,7 @@ def test_ray_study_with_two_concurrent_trials(tmp_path):
     plotted = runner.invoke(cli, ["study", "plot", "toy", "--storage", url(tmp_path),
                                   "-o", str(tmp_path), "--trial", str(front[0].number)])
     assert plotted.exit_code == 0
-    assert sorted(p.suffix for p in tmp_path.glob("*.png")) == [".png", ".png"]
+    assert sorted(p.suffix for p in tmp_path.glob("*.png")) == [".png", ".png", ".png"]  # + widths
 
 
 BAD_SPECS = [

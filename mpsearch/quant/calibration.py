@@ -47,7 +47,7 @@ def grid_levels(bits: int, signed: bool) -> int:
 
 
 def linear_quantize(x: torch.Tensor, clip: torch.Tensor | float, bits: int, signed: bool) -> torch.Tensor:
-    """``round(clamp(x) / s) * s`` on HAQ's grid (no gradient; see :class:`~mpsearch.quant.LinearQuantizer`)."""
+    """``round(clamp(x) / s) * s`` on HAQ's grid, without gradients (the quantizer has them)."""
     clip = torch.as_tensor(clip, dtype=x.dtype, device=x.device)
     levels = grid_levels(bits, signed)
     if signed and bits == 1:
