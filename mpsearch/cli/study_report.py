@@ -185,7 +185,7 @@ def export(name: str, storage: str, format_: str | None, output: str | None) -> 
 @click.option("--trial", "trial_number", type=int, default=None,
               help="Also plot this trial's bits per layer, and how its widths moved during the search.")
 def plot(name: str, storage: str, output_dir: str, trial_number: int | None) -> None:
-    """Plot study NAME's accuracy-cost front (and, with --trial, one trial's bits per layer and their trajectory)."""
+    """Plot study NAME's accuracy-cost front; with --trial, one trial's bits per layer and trajectory."""
     from mpsearch import plots
     from mpsearch.storage import load_study
 
