@@ -1,4 +1,4 @@
-"""Figures of a study: the accuracy-cost front, one trial's bits per layer, and its sensitivities.
+"""Figures of a study: the accuracy-cost front, one trial's bits per layer, their trajectory and its sensitivities.
 
 Matplotlib is imported when a figure is drawn (with the non-interactive Agg
 backend), never on ``import mpsearch``.
@@ -271,8 +271,94 @@ def plot_sensitivity(study: optuna.Study, trial_number: int, path: str | Path) -
         ax.grid(True, alpha=0.3)
     axes[0][0].legend(fontsize="small")
     fig.suptitle(f"{study.study_name}, trial {trial_number}: sensitivity on {table.images} images")
+
+def plot_widths(study: optuna.Study, trial_number: int, path: str | Path) -> Path | None:
+    """How one trial's widths moved: per epoch (its history), and per step of a search-based strategy.
+
+    The upper panel draws every group's mean width at the end of each reported
+    epoch (the history's ``bits.<group>`` entries), one colour per layer, weights
+    solid and inputs dashed, with the phases (search, fine-tuning) marked. The
+    lower panel, for a strategy that records ``search_widths`` (``rl``'s episodes,
+    ``random``'s candidates), draws each group's width per step, the chosen one
+    marked, and the score that chose it on a second axis; the upper panel is then
+    left out when the trial reported a single epoch. A failed trial's history is
+    drawn too.
+
+    Returns:
+        The file written, or None when the trial recorded neither.
+
+    Raises:
+        MpsearchError: no such trial, or the file cannot be written.
+    """
+    t = _find_trial(study, trial_number)
+    history = [row for row in t.user_attrs.get(T.ATTR_HISTORY) or []
+               if any(k.startswith(T.WIDTHS_PREFIX) for k in row)]
+    steps = t.user_attrs.get("search_widths")
+    steps = steps if isinstance(steps, dict) and steps.get("groups") else None
+    if steps is not None and len(history) < 2:
+        history = []  # one epoch of fine-tuning at the chosen widths says nothing the steps do not
+    if not history and steps is None:
+        return None
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
+    panels = [p for p in ("history", "steps") if (p == "history" and history) or (p == "steps" and steps)]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8.0, 3.6 * len(panels)), squeeze=False)
+    colours = plt.get_cmap("tab10")
+    layer_colour: dict[str, Any] = {}
+
+    def style(group: str) -> dict[str, Any]:
+        layer, _, kind = group.rpartition(":")
+        colour = layer_colour.setdefault(layer, colours(len(layer_colour) % 10))
+        return {"color": colour, "linestyle": "-" if kind == "weight" else "--"}
+
+    for ax, panel in zip(axes[:, 0], panels):
+        if panel == "history":
+            epochs = [row["epoch"] for row in history]
+            groups = list(dict.fromkeys(k for row in history for k in row if k.startswith(T.WIDTHS_PREFIX)))
+            for key in groups:
+                group = key[len(T.WIDTHS_PREFIX):]
+                ax.plot(epochs, [row.get(key, np.nan) for row in history], marker="o", markersize=3,
+                        label=group, **style(group))
+            for i, row in enumerate(history):  # a phase starts: a line and its name
+                if i == 0 or row["phase"] != history[i - 1]["phase"]:
+                    ax.axvline(row["epoch"] - 0.5, color="grey", linewidth=0.8, alpha=0.6)
+                    ax.annotate(row["phase"], (row["epoch"] - 0.45, 1.0), xycoords=("data", "axes fraction"),
+                                va="top", fontsize="small", color="grey")
+            ax.set_xlabel("epoch of the trial")
+            ax.set_ylabel("bits (mean over the group)")
+        else:
+            groups = steps["groups"]
+            for group, values in groups.items():
+                ax.plot(np.arange(len(values)), values, linewidth=0.9, label=group,
+                        **style(group))
+            best = steps.get("best")
+            if isinstance(best, int):
+                ax.axvline(best, color="black", linewidth=1.0, label="chosen")
+            score = steps.get("score")
+            if score:
+                twin = ax.twinx()
+                twin.plot(np.arange(len(score)), score, color="grey", linewidth=0.8, alpha=0.5)
+                twin.set_ylabel(str(steps.get("score_name", "score")), color="grey")
+            ax.set_xlabel(str(steps.get("step", "step")))
+            ax.set_ylabel("bits")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(True, alpha=0.3)
+    axes[0][0].legend(fontsize="x-small", ncols=2, loc="best")
+    strategy = t.user_attrs.get(T.ATTR_STRATEGY) or ""
+    fig.suptitle(f"{study.study_name}, trial {trial_number} {strategy}: widths during the search".strip())
     fig.tight_layout()
     return _save(fig, plt, path)
+
+
+def _find_trial(study: optuna.Study, trial_number: int) -> Any:
+    trials = study.get_trials(deepcopy=False)
+    found = [t for t in trials if t.number == trial_number]
+    if not found:
+        span = f"{trials[0].number}-{trials[-1].number}" if trials else "none yet"
+        raise MpsearchError(f"study {study.study_name!r} has no trial {trial_number} "
+                            f"(trials: {span}).")
+    return found[0]
 
 
 def artefacts_of(study: optuna.Study, trial_number: int) -> Path:

@@ -248,7 +248,7 @@ class TrialContext:
             if on_epoch is not None:
                 metrics.update(on_epoch(i) or {})
             if report:
-                self.report(phase=phase, **metrics)
+                self.report(phase=phase, **{**metrics, **width_metrics(model)})
             if checkpoints is not None:
                 checkpoints.epoch_done(call, i, model, optimizers, schedule, self.generator,
                                        {**self._state(), "metrics": metrics})
@@ -279,6 +279,8 @@ class TrialContext:
     def report(self, phase: str = "train", **metrics: float) -> None:
         """Record one epoch's metrics (history, lifecycle hooks, Ray)."""
         epoch = len(self.history)
+        if not any(k.startswith(WIDTHS_PREFIX) for k in metrics):
+            metrics = {**metrics, **width_metrics(self.model)}
         row = {"epoch": epoch, "phase": phase, **{k: float(v) for k, v in metrics.items()}}
         self.history.append(row)
         self.reporter(epoch, row)
@@ -415,6 +417,9 @@ def _run(spec: StudySpec, number: int, seed: int, strategy_name: str, params: Ma
                           f"and frozen; its fine-tuning must keep them.")
     legal = final  # with the scale storage the model's quantizers really need
     accuracy = evaluate(model, context.val)
+    reason = divergence(context.history, accuracy, context.val)
+    if reason is not None:
+        raise TrialFailed(reason)
     test_accuracy = evaluate(model, load_data(spec)[2].to(device))
     values = {"accuracy": accuracy}
     values.update({n: o.evaluate(profile, legal, backend) for n, o in context.objectives.items()})
@@ -442,6 +447,66 @@ def _run(spec: StudySpec, number: int, seed: int, strategy_name: str, params: Ma
         (folder / "params.json").write_text(json.dumps(dict(params), indent=1) + "\n")
         attrs[ATTR_ARTEFACTS] = str(folder)
     return TrialOutcome(values, attrs)
+
+
+# -- a trial that diverged -------------------------------------------------------------------
+
+LOSS_BLOWUP = 10.0  # an epoch's training loss above this many times ln(classes) has blown up
+CHANCE_SIGMAS = 2.0  # accuracy within this many binomial standard deviations of chance is chance
+
+
+def divergence(history: Sequence[Mapping[str, Any]], accuracy: float, val: ImageData) -> str | None:
+    """Why a finished trial diverged, or None: its settings failed, and it is no point of the front.
+
+    A trial has diverged when an epoch's mean training loss exceeded
+    :data:`LOSS_BLOWUP` times ``ln(classes)`` (ten times a uniform guess's
+    cross-entropy), or when its final validation accuracy is at chance: no more
+    than :data:`CHANCE_SIGMAS` binomial standard deviations above the share of the
+    validation split's most frequent class (what a model that predicts one class
+    scores).
+
+    Returns:
+        One line naming the value and the epoch (of ``history``, the trial's
+        reported epochs) where it happened.
+    """
+    classes = val.num_classes
+    limit = LOSS_BLOWUP * math.log(max(classes, 2))
+    for row in history:
+        loss = row.get("loss")
+        if loss is not None and loss > limit:
+            return (f"diverged: the training loss reached {loss:.4g} at epoch {row['epoch']} "
+                    f"({row['phase']}), above {LOSS_BLOWUP:g} x ln({classes}) = {limit:.3g}; "
+                    f"lower the learning rates or the regulariser's weight.")
+    n = max(len(val), 1)
+    chance = float(val.class_counts().max()) / n
+    ceiling = chance + CHANCE_SIGMAS * math.sqrt(chance * (1.0 - chance) / n)
+    if accuracy > ceiling:
+        return None
+    rows = [r for r in history if "val_accuracy" in r]
+    since = None
+    for row in reversed(rows):  # the epoch from which validation accuracy stayed at chance
+        if row["val_accuracy"] > ceiling:
+            break
+        since = row
+    where = (f"since epoch {since['epoch']} ({since['phase']})" if since is not None
+             else "at the end" if rows else "with no epoch trained")
+    return (f"diverged: validation accuracy {accuracy:.4f} is chance level {where} (the most "
+            f"frequent class is {chance:.2%} of the validation split; at most {ceiling:.4f} is "
+            f"chance); lower the learning rates or raise the widths.")
+
+
+# -- the widths a model runs at, per epoch ---------------------------------------------------
+
+WIDTHS_PREFIX = "bits."  # history keys "bits.<group>": a group's mean width at the end of an epoch
+
+
+@torch.no_grad()
+def width_metrics(model: nn.Module) -> dict[str, float]:
+    """``{"bits.<group>": mean width}`` for every quantizer of ``model`` (fractional while learned)."""
+    from mpsearch.quant import quantizers
+
+    return {f"{WIDTHS_PREFIX}{group}": float(torch.as_tensor(q.widths()).detach().float().mean())
+            for group, q in quantizers(model).items()}
 
 
 def make_context(spec: StudySpec, number: int, seed: int, host, *, start: str = START_INIT,

@@ -48,7 +48,8 @@ class RandomStrategy(Strategy):
     quantized again from the start and handed to the shared fine-tuning for the
     trial's ``epochs``, as ``uniform`` is, so the returned model has had the
     training a one-shot strategy gets; the candidates' fine-tuning is the
-    search's own cost (it counts in ``epochs_trained``).
+    search's own cost (it counts in ``epochs_trained``). Each candidate's widths
+    and accuracy are recorded (``search_widths``, drawn by ``mpsearch study plot``).
 
     Parameters (defaults):
         budget: range 0.1-0.6; the cost budget as a fraction of the uniform
@@ -121,6 +122,10 @@ class RandomStrategy(Strategy):
             "over_budget": sum(not c.fits for c in drawn),
             "candidates": [{"cost": c.cost, "val_accuracy": a, "fits": c.fits}
                            for c, a in zip(drawn, accuracies)],
+            "search_widths": {"step": "candidate", "score_name": "val_accuracy", "best": best,
+                              "groups": {g: [int(c.assignment[g]) for c in drawn]
+                                         for g in drawn[0].assignment},
+                              "score": accuracies},
         }
         return SearchResult(model, drawn[best].assignment, float(context.epochs), attrs)
 

@@ -720,6 +720,8 @@ CASES = [
     Case("spec-bits-outside-0-32", CREATE, ("bad.toml", "strategy[0].space.bits",
                                             "40 is not a width", "1-32"),
          prepare=spec(('name = "toy"', 'name = "uniform"\nspace.bits = [4, 40]'))),
+    Case("spec-rl-exploration-grows", CREATE, ("bad.toml", "strategy[0]", "noise_final can exceed noise"),
+         prepare=spec(('name = "toy"', 'name = "rl"\nspace.noise_final = 0.9'))),
     Case("spec-plugin-file-missing", CREATE, ("plugin file", "missing_plugin.py", "does not exist"),
          prepare=spec((f'plugins = ["{TOY}"]', 'plugins = ["missing_plugin.py"]'))),
     # -- datasets ----------------------------------------------------------------------
@@ -789,6 +791,12 @@ CASES = [
          check=failed_then_complete("NaN", "lower the learning rate")),
     Case("trial-out-of-memory", CREATE, exit=0, prepare=flaky("oom", "ok"),
          check=failed_then_complete("out of memory", "Lower [training] batch_size")),
+    Case("trial-diverged-to-chance", CREATE, exit=0,
+         prepare=spec(('name = "toy"', ('name = "toy"\nspace.behaviour = ["ok", "chance"]\n'
+                                         'enqueue = [{behaviour = "chance"}, {behaviour = "ok"}]')),
+                      n_trials=2),
+         check=failed_then_complete("diverged: validation accuracy", "chance level at the end",
+                                    "lower the learning rates")),
     Case("checkpoint-corrupt", ["study", "run", "ck", "--storage", "{url}", "--quiet",
                                 "--heartbeat", "0.05", "--grace", "0.1"],
          exit=0, prepare=corrupt_checkpoint, check=restarted_from_scratch),

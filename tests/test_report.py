@@ -451,7 +451,8 @@ def test_plot_command_writes_pngs(demo, tmp_path):
     url, _ = demo
     result = invoke("plot", "demo", "--storage", url, "-o", str(tmp_path / "figs"), "--trial", "0")
     assert result.exit_code == 0, result.output
-    written = [Path(line.removeprefix("wrote ")) for line in result.output.splitlines()]
+    written = [Path(line.removeprefix("wrote ")) for line in result.output.splitlines()
+               if line.startswith("wrote ")]
     assert [p.name for p in written] == ["demo-front.png", "demo-hypervolume.png", "demo-trial0-bits.png"]
     for p in written:
         read_png(p)

@@ -68,7 +68,7 @@ def test_a_study_round_trips_through_the_storage(storage_url, toy_study_spec, to
         assert t.system_attrs[DRIVER_ATTR].endswith(":" + str(os.getpid()))
         assert t.system_attrs[GRACE_ATTR] == 10.0
     # the stored values are exactly the trial's: the same trial re-run in-process gives them
-    again = run_trial(spec, 1, "toy", {"bits": trials[1].params["toy.bits"], "fraction": 0.3,
+    again = run_trial(spec, 1, "toy", {"bits": trials[1].params["toy.bits"], "fraction": 1.0,
                                        "behaviour": "ok"})
     assert again.values["bitops"] == trials[1].values[1]
     assert abs(again.values["accuracy"] - trials[1].values[0]) <= 1e-6

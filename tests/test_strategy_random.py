@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -62,6 +64,27 @@ class TestRandomConformance(StrategyTestCase):
         assert trial.cost("bitops") == pytest.approx(best["cost"], rel=1e-12)
         # Distinct draws: a cost match would be luck if the candidates were all alike.
         assert len({c["cost"] for c in attrs["candidates"]}) > 1
+
+    def test_the_most_accurate_candidate_is_chosen(self, run_strategy_trial, spec_dict):
+        # Post-training, eight candidates: their accuracies spread, and the search must pick
+        # the most accurate, which here is neither the first draw nor the cheapest nor the
+        # costliest, so a choice that ignored accuracy would fail. The host quantizes the
+        # chosen widths afresh and calibrates them: it must score what the search scored.
+        raw = json.loads(json.dumps(spec_dict))
+        raw["training"]["epochs"] = 0
+        done = run_strategy_trial(raw, "random", {"budget": 0.2, "candidates": 8})
+        assert not done.outcome.failed, done.outcome.attrs.get("fail_reason")
+        attrs = done.outcome.attrs
+        accuracies = [c["val_accuracy"] for c in attrs["candidates"]]
+        costs = [c["cost"] for c in attrs["candidates"]]
+        best = attrs["best_candidate"]
+        assert accuracies[best] == max(accuracies)
+        assert max(accuracies) - min(accuracies) > 0.05
+        assert best != 0 and costs[best] not in (min(costs), max(costs))
+        assert done.outcome.values["accuracy"] == accuracies[best]
+        widths = attrs["search_widths"]
+        assert widths["best"] == best and widths["score"] == accuracies
+        assert all(len(v) == 8 for v in widths["groups"].values())
 
     def test_all_training_is_counted(self, trial):
         # 1,000 images at batch 64: 16 steps an epoch, so a quarter epoch is exactly 4 steps.

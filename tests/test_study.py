@@ -146,8 +146,9 @@ def test_ray_study_with_two_concurrent_trials(tmp_path):
     plotted = runner.invoke(cli, ["study", "plot", "toy", "--storage", url(tmp_path),
                                   "-o", str(tmp_path), "--trial", str(front[0].number)])
     assert plotted.exit_code == 0
-    assert sorted(p.name for p in tmp_path.glob("*.png")) == [  # front, hypervolume history, bits
-        "toy-front.png", "toy-hypervolume.png", f"toy-trial{front[0].number}-bits.png"]
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == [  # front, hypervolume history, bits, widths
+        "toy-front.png", "toy-hypervolume.png", f"toy-trial{front[0].number}-bits.png",
+        f"toy-trial{front[0].number}-widths.png"]
 
 
 BAD_SPECS = [

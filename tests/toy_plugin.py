@@ -18,8 +18,8 @@ class Toy(Strategy):
 
     parameters = {
         "bits": Param(choices=(2, 4, 8)),
-        "fraction": Param(value=0.3),
-        "behaviour": Param(value="ok"),  # ok | raise | nan | slow
+        "fraction": Param(value=1.0),  # one epoch: above chance, or the trial FAILs as diverged
+        "behaviour": Param(value="ok"),  # ok | raise | nan | slow | chance
     }
 
     def search(self, context, params):
@@ -31,6 +31,10 @@ class Toy(Strategy):
         model = quantize_at(context.model, context.profile, a, "minmax")
         extra = (lambda: torch.tensor(float("nan"))) if params["behaviour"] == "nan" else None
         context.fit(model, params["fraction"], extra_loss=extra)  # the whole trial: no fine-tuning
+        if params["behaviour"] == "chance":  # collapsed: the same logits, so one class, for every image
+            with torch.no_grad():
+                model.fc2.weight.zero_()
+                model.fc2.bias.zero_()
         return SearchResult(model, a, 0.0, {"toy": True})
 
 

@@ -213,12 +213,12 @@ def export(state, name: str, storage: str, format_: str | None, output: str | No
 @click.option("-o", "--output-dir", type=click.Path(file_okay=False), default=".", show_default=True,
               help="Folder for the PNG files (created if missing).")
 @click.option("--trial", "trial_number", type=int, default=None,
-              help="Also plot this trial's bits per layer (and a hawq trial's sensitivities).")
+              help="Also plot this trial's bits per layer, how its widths moved during the search (and a hawq trial's sensitivities).")
 @force_option
 @click.pass_obj
 def plot(state, name: str, storage: str, output_dir: str, trial_number: int | None,
          force: bool) -> None:
-    """Plot study NAME's accuracy-cost front (and, with --trial, one trial's bits per layer); its hypervolume history too."""
+    """Plot study NAME's accuracy-cost front and hypervolume history; with --trial, one trial's widths."""
     from mpsearch import plots
     from mpsearch.storage import load_study
 
@@ -243,6 +243,9 @@ def plot(state, name: str, storage: str, output_dir: str, trial_number: int | No
         drawn = plots.plot_sensitivity(study, trial_number, _fresh(sensitivity, force))
         if drawn is not None:
             click.echo(f"wrote {drawn}")
+        widths = folder / f"{_file_name(name)}-trial{trial_number}-widths.png"
+        drawn = plots.plot_widths(study, trial_number, _fresh(widths, force))
+        click.echo(f"wrote {drawn}" if drawn else f"trial {trial_number} recorded no widths per epoch")
 
 
 COMMANDS = (list_studies, show, export, plot)

@@ -6,11 +6,15 @@
 - :mod:`~mpsearch.quant.quantizers`: min-max, DoReFa, PACT and the Quantizer interface.
 - :mod:`~mpsearch.quant.modules`: swapping layers for quantized ones and back.
 - :mod:`~mpsearch.quant.smol`: SMOL's noise magnitudes, odd grid and noisy PACT.
+- :mod:`~mpsearch.quant.calibration`, :mod:`~mpsearch.quant.linear`: clips chosen from data
+  (KL divergence or squared error) and HAQ's linear quantizer.
 """
 
 from mpsearch.quant.bitwidth import BitWidth, FixedBits, LearnableBits, bit_parameters, project_bits
 from mpsearch.quant.functional import compile_mode, fake_quant, set_compile
 from mpsearch.quant.granularity import GRANULARITIES, bits_shape
+from mpsearch.quant.calibration import CALIBRATIONS, kl_clip, mse_clip
+from mpsearch.quant.linear import LinearQuantizer
 from mpsearch.quant.modules import (QUANTIZER_FAMILIES, QuantConv2d, QuantLinear, apply_assignment,
                                     assignment_from_model, calibrate_model, freeze_bits, fractional_bits,
                                     quantize_at, quantize_model, quantized_layers, quantizers,
@@ -25,4 +29,5 @@ __all__ = [
     "QUANTIZER_FAMILIES", "apply_assignment", "assignment_from_model", "calibrate_model", "freeze_bits", "fractional_bits", "quantize_at", "quantize_model", "quantized_layers", "quantizers",
     "restore_model", "DoReFaQuantizer", "MinMaxQuantizer", "PACTQuantizer", "Quantizer",
     "WidthQuantizer", "NoiseBits", "SmolPACTQuantizer", "SmolWeightQuantizer",
+    "CALIBRATIONS", "kl_clip", "mse_clip", "LinearQuantizer",
 ]

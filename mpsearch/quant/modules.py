@@ -194,15 +194,19 @@ def apply_assignment(model: nn.Module, profile: ModelProfile, assignment: Precis
 def calibrate_model(model: nn.Module, batches) -> None:
     """Calibrate every quantizer's ranges on ``batches`` of inputs (post-training quantization).
 
-    The model runs in evaluation mode (batch-norm statistics untouched); each
-    quantizer's input is collected over all batches and handed to its
-    :meth:`~mpsearch.quant.Quantizer.calibrate`. Weight quantizers see the weights.
+    The model runs in evaluation mode (batch-norm statistics untouched) with every
+    quantizer passing its input through, so each input quantizer sees the float
+    network's activations over all batches (as TensorRT's and HAQ's calibration
+    do, and the same whatever the quantizers' state: calibrating twice gives the
+    same ranges); each is handed to its :meth:`~mpsearch.quant.Quantizer.calibrate`.
+    Weight quantizers see the weights.
     """
     was_training = model.training
     model.eval()
     seen: dict[str, list[torch.Tensor]] = {}
     handles = []
     for group, q in quantizers(model).items():
+        handles.append(q.register_forward_hook(lambda module, args, out: args[0]))  # float pass
         if group.endswith(":input"):
             handles.append(q.register_forward_pre_hook(
                 lambda module, args, _g=group: seen.setdefault(_g, []).append(args[0].detach())))
@@ -221,7 +225,7 @@ def calibrate_model(model: nn.Module, batches) -> None:
     model.train(was_training)
 
 
-QUANTIZER_FAMILIES = ("dorefa-pact", "minmax")
+QUANTIZER_FAMILIES = ("dorefa-pact", "minmax", "linear")
 
 
 def quantize_at(model: nn.Module, profile: ModelProfile, assignment: PrecisionAssignment,
@@ -230,9 +234,11 @@ def quantize_at(model: nn.Module, profile: ModelProfile, assignment: PrecisionAs
 
     Args:
         family: ``"dorefa-pact"`` (DoReFa weights, PACT inputs, two-sided where a
-            layer's inputs are signed) or ``"minmax"`` (min-max for both). Groups at
-            32 bits stay float.
+            layer's inputs are signed), ``"minmax"`` (min-max for both) or
+            ``"linear"`` (HAQ's linear quantizer for both, clips by the least squared
+            error when calibrated, learnable for inputs). Groups at 32 bits stay float.
     """
+    from mpsearch.quant.linear import LinearQuantizer
     from mpsearch.quant.quantizers import DoReFaQuantizer, MinMaxQuantizer, PACTQuantizer
 
     if family not in QUANTIZER_FAMILIES:
@@ -244,6 +250,8 @@ def quantize_at(model: nn.Module, profile: ModelProfile, assignment: PrecisionAs
         bits = assignment[layer.weight_group]
         if isinstance(bits, int) and bits >= MAX_BITS:
             return None
+        if family == "linear":
+            return LinearQuantizer(FixedBits(bits), signed=True)
         cls = DoReFaQuantizer if family == "dorefa-pact" else MinMaxQuantizer
         return cls(FixedBits(bits))
 
@@ -251,6 +259,8 @@ def quantize_at(model: nn.Module, profile: ModelProfile, assignment: PrecisionAs
         bits = assignment[layer.input_group]
         if isinstance(bits, int) and bits >= MAX_BITS:
             return None
+        if family == "linear":
+            return LinearQuantizer(FixedBits(bits), signed=layer.input_signed, learn_clip=True)
         if family == "dorefa-pact":
             return PACTQuantizer(FixedBits(bits), two_sided=layer.input_signed)
         return MinMaxQuantizer(FixedBits(bits))
