@@ -103,8 +103,9 @@ class MinMaxQuantizer(WidthQuantizer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lo, hi = torch.aminmax(x.detach())
-        scale = (hi - lo).clamp_min(torch.finfo(x.dtype).tiny)
-        return self._quantize(x, lo, scale, lo, scale)
+        scale = (hi - lo).clamp_min_(torch.finfo(x.dtype).tiny)
+        # The range is the tensor's own: nothing to clip, and the gradient is g.
+        return self._quantize(x, lo, scale, lo, scale, bounded=True)
 
     def scale_bits(self) -> int:
         return 64
@@ -134,11 +135,14 @@ class DoReFaQuantizer(WidthQuantizer):
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         t = torch.tanh(w)
-        m = t.detach().abs().max().clamp_min(torch.finfo(w.dtype).tiny)
-        q = self._quantize(t, -m, 2 * m, -1.0, 2.0)
+        tiny = torch.finfo(w.dtype).tiny
+        # One pass each: the largest magnitude, and below the sums of magnitudes.
+        m = torch.linalg.vector_norm(t.detach(), math.inf).clamp_min_(tiny)
+        q = self._quantize(t, -m, 2 * m, -1.0, 2.0, bounded=True)  # |tanh(w)| <= m
         if not self.rescale:
             return q
-        scale = w.detach().abs().mean() / q.detach().abs().mean().clamp_min(torch.finfo(w.dtype).tiny)
+        with torch.no_grad():  # mean|W| / mean|Q_W|: the element counts cancel
+            scale = torch.linalg.vector_norm(w, 1).div_(torch.linalg.vector_norm(q, 1).clamp_min_(tiny))
         return q * scale
 
     def scale_bits(self) -> int:
@@ -212,8 +216,10 @@ class PACTQuantizer(WidthQuantizer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = self.clip(x)
         if self.two_sided:
-            return self._quantize(x, -a, 2 * a, -a, 2 * a, alpha=self.alpha, two_sided=True)
-        return self._quantize(x, torch.zeros_like(a), a, torch.zeros_like(a), a, alpha=self.alpha)
+            lo, span = -a, 2 * a
+            return self._quantize(x, lo, span, lo, span, alpha=self.alpha, two_sided=True)
+        zero = torch.zeros_like(a)
+        return self._quantize(x, zero, a, zero, a, alpha=self.alpha)
 
     def extra_repr(self) -> str:
         return f"two_sided={self.two_sided}"
