@@ -68,7 +68,7 @@ class _InputConv(torch.autograd.Function):
     @staticmethod
     def applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
         return (x.device.type == "cpu" and conv.padding_mode == "zeros"
-                and not isinstance(conv.padding, str))
+                and not isinstance(conv.padding, str) and not torch.is_autocast_enabled("cpu"))
 
     @staticmethod
     def forward(ctx, x, weight, bias, stride, padding, dilation, groups):
