@@ -12,9 +12,14 @@ the middle half of the rounds (the noise). Peak memory: on CUDA the allocator's
 peak during the steps; on the CPU (Linux) the growth of the process's peak
 resident set (VmHWM) during the steps, each configuration in its own process.
 
+With ``--against REF`` the quantization engine of git revision ``REF`` (its
+``functional.py``, ``quantizers.py`` and ``modules.py``) runs beside this one, as
+configurations ``NAME@REF`` interleaved in the same rounds: before and after, in one run.
+
     python benchmarks/quant_step.py                            # lenet5 and resnet20, CPU
     python benchmarks/quant_step.py --device cuda --batch 512  # on a GPU
     python benchmarks/quant_step.py --configs float,minmax --steps 40 --no-memory
+    python benchmarks/quant_step.py --against d7c639f --configs minmax,dorefa-pact
 
 Prints a table: median step, median ratio to float and its interquartile range.
 """
@@ -28,6 +33,8 @@ import statistics
 import subprocess
 import sys
 import time
+import types
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -36,12 +43,49 @@ CONFIGS = ("float", "minmax", "minmax-fixed", "minmax+compile", "dorefa-pact", "
            "dorefa-pact+compile")
 
 
+ROOT = Path(__file__).resolve().parents[1]
+_ENGINES: dict[str, types.SimpleNamespace] = {}
+
+
+def engine(ref: str | None) -> types.SimpleNamespace:
+    """The quantizers, ``quantize_model`` and ``set_compile`` of this checkout, or of git ``ref``."""
+    if ref in _ENGINES:
+        return _ENGINES[ref]
+    if ref is None:
+        import mpsearch.quant as q
+
+        found = types.SimpleNamespace(**{n: getattr(q, n) for n in (
+            "DoReFaQuantizer", "MinMaxQuantizer", "PACTQuantizer", "quantize_model", "set_compile")})
+    else:
+        tag = "".join(c if c.isalnum() else "_" for c in ref)
+        loaded = {}
+        for name in ("functional", "quantizers", "modules"):
+            source = subprocess.run(["git", "show", f"{ref}:mpsearch/quant/{name}.py"], cwd=ROOT,
+                                    capture_output=True, text=True, check=True).stdout
+            for dep in ("functional", "quantizers"):
+                source = source.replace(f"from mpsearch.quant.{dep} import", f"from _{tag}_{dep} import")
+            module = types.ModuleType(f"_{tag}_{name}")
+            sys.modules[module.__name__] = module
+            exec(compile(source, f"{ref}:mpsearch/quant/{name}.py", "exec"), module.__dict__)
+            loaded[name] = module
+        q, m = loaded["quantizers"], loaded["modules"]
+        found = types.SimpleNamespace(DoReFaQuantizer=q.DoReFaQuantizer,
+                                      MinMaxQuantizer=q.MinMaxQuantizer, PACTQuantizer=q.PACTQuantizer,
+                                      quantize_model=m.quantize_model,
+                                      set_compile=loaded["functional"].set_compile)
+    _ENGINES[ref] = found
+    return found
+
+
 def build(model_name: str, config: str, device: str, batch: int = 128):
     from mpsearch.host import PluginHost
     from mpsearch.models import model_profile
-    from mpsearch.quant import (DoReFaQuantizer, FixedBits, LearnableBits, MinMaxQuantizer,
-                                PACTQuantizer, quantize_model, set_compile)
+    from mpsearch.quant import FixedBits, LearnableBits
 
+    config, _, ref = config.partition("@")
+    e = engine(ref or None)
+    DoReFaQuantizer, MinMaxQuantizer, PACTQuantizer = e.DoReFaQuantizer, e.MinMaxQuantizer, e.PACTQuantizer
+    quantize_model, set_compile = e.quantize_model, e.set_compile
     spec = PluginHost(entry_points=False).models.get(model_name)
     model = spec.create(seed=0)
     profile = model_profile(spec)
@@ -138,6 +182,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--configs", default=",".join(CONFIGS))
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
+    parser.add_argument("--against", metavar="REF", help="also run git REF's quantization engine")
     parser.add_argument("--memory-of", nargs=2, metavar=("MODEL", "CONFIG"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -147,10 +192,12 @@ def main() -> None:
     configs = tuple(args.configs.split(","))
     if "float" not in configs:
         configs = ("float", *configs)
+    if args.against:
+        configs += tuple(f"{c}@{args.against}" for c in configs if c != "float")
     name = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {args.threads} threads"
     print(f"# quantized training step vs float step, batch {args.batch}, {name}, "
           f"torch {torch.__version__}, {args.steps} interleaved rounds")
-    print(f"{'model':<10} {'config':<20} {'step ms':>9} {'x float':>8} {'IQR':>12} {'peak MB':>9}")
+    print(f"{'model':<10} {'config':<28} {'step ms':>9} {'x float':>8} {'IQR':>12} {'peak MB':>9}")
     for model_name in args.models.split(","):
         times = time_steps(model_name, configs, args.device, args.steps, args.warmup, args.batch)
         for c in configs:
@@ -166,7 +213,7 @@ def main() -> None:
                 peak = json.loads(out.stdout.strip().splitlines()[-1]) / 1e6
             median, q1, q3 = ratio_stats(times[c], times["float"])
             spread = f"{q1:.2f}-{q3:.2f}"
-            print(f"{model_name:<10} {c:<20} {statistics.median(times[c]) * 1e3:>9.1f} "
+            print(f"{model_name:<10} {c:<28} {statistics.median(times[c]) * 1e3:>9.1f} "
                   f"{median:>8.2f} {spread:>12} {peak:>9.1f}", flush=True)
 
 

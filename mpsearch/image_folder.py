@@ -123,6 +123,7 @@ def streamed_stats(files: Any, key: str, limit: int = STATS_IMAGES
         key: its listing's digest (:attr:`Listing.key`).
     """
     from mpsearch.data import channel_histograms, histogram_stats
+    from mpsearch.streaming import with_workers
 
     where = Path(files.folder).resolve()
     slot = hashlib.sha256(f"{_CACHE_FORMAT}\0{where}\0{files.size}\0{limit}\0{key}".encode())
@@ -140,6 +141,7 @@ def streamed_stats(files: Any, key: str, limit: int = STATS_IMAGES
     if n > limit:
         index = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:limit].sort().values
     hist = torch.zeros((3, 256), dtype=torch.int64)
+    files = with_workers(files, None)  # decoded by as many workers as a trial would use
     for batch in files.uint8_batches(256, None if index is None else index.tolist()):
         hist += channel_histograms(batch)
     mean, std = histogram_stats(hist)
