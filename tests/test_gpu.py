@@ -1,6 +1,7 @@
 """The GPU path: a trial on CUDA with its data on the device, several trials sharing one GPU.
 
-Every test here is marked ``gpu`` and skips where torch sees no CUDA device.
+Tests marked ``gpu`` skip where torch sees no CUDA device; the rest check, on the CPU,
+what a spec asking for GPUs gets there.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ import pytest
 from click.testing import CliRunner
 
 from mpsearch.cli import cli
+from mpsearch.errors import MpsearchError
 from mpsearch.host import PluginHost
-from mpsearch.spec import parse_spec
+from mpsearch.spec import SpecError, parse_spec
 from mpsearch.trial import make_context, run_trial, trial_seed
 
-pytestmark = pytest.mark.gpu
+GPU = pytest.mark.gpu
 
 
 def cuda_spec(**training) -> dict:
@@ -29,6 +31,7 @@ def cuda_spec(**training) -> dict:
             "resources": {"executor": "local"}}
 
 
+@GPU
 def test_a_trial_on_cuda_keeps_its_data_there_and_learns():
     spec = parse_spec(cuda_spec(), host=PluginHost(entry_points=False))
     host = PluginHost(entry_points=False)
@@ -40,6 +43,7 @@ def test_a_trial_on_cuda_keeps_its_data_there_and_learns():
     assert outcome.values["accuracy"] > 0.6 and math.isfinite(outcome.values["bitops"])
 
 
+@GPU
 def test_float32_and_bf16_trials_agree_on_cuda():
     host = PluginHost(entry_points=False)
     accuracy = {}
@@ -51,6 +55,7 @@ def test_float32_and_bf16_trials_agree_on_cuda():
     assert abs(accuracy["off"] - accuracy["auto"]) < 0.05, accuracy
 
 
+@GPU
 @pytest.mark.ray
 @pytest.mark.slow
 def test_two_trials_share_one_gpu_through_a_fraction(tmp_path: Path):
@@ -84,3 +89,25 @@ def test_two_trials_share_one_gpu_through_a_fraction(tmp_path: Path):
     assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
     first, second = sorted(trials, key=lambda t: t.datetime_start)
     assert second.datetime_start < first.datetime_complete  # both on the one GPU at once
+
+
+def test_gpus_per_trial_is_a_share_of_one_gpu_or_whole_gpus():
+    host = PluginHost(entry_points=False)
+    for gpus in (0, 0.25, 0.5, 1, 2):
+        raw = cuda_spec()
+        raw["resources"] = {"gpus_per_trial": gpus}
+        assert parse_spec(raw, host=host).resources.gpus_per_trial == gpus
+    raw["resources"] = {"gpus_per_trial": 1.5}
+    with pytest.raises(SpecError, match="fraction of one GPU"):
+        parse_spec(raw, host=host)
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a CUDA device")
+def test_gpus_a_local_ray_runtime_lacks_are_refused_before_it_starts():
+    from mpsearch.ray_executor import run_with_ray
+
+    raw = cuda_spec(device="auto")
+    raw["resources"] = {"gpus_per_trial": 0.5, "executor": "ray"}
+    spec = parse_spec(raw, source="gpu.toml", host=PluginHost(entry_points=False))
+    with pytest.raises(MpsearchError, match="gpus_per_trial = 0.5, but this machine has no CUDA"):
+        run_with_ray(None, spec, None, 2, None, Path("unused"))
