@@ -226,9 +226,10 @@ def _const(value: float, dtype: torch.dtype, device: torch.device) -> torch.Tens
 class _EagerFakeQuant(torch.autograd.Function):
     """The module docstring's grid in a few in-place passes.
 
-    The constants are computed on ``n``'s small tensor: with ``L = 2**n - 1``,
-    ``t = round(x * (L / scale) - lo * (L / scale))`` is the integer grid point
-    (clipped to ``[0, L]`` unless ``bounded``) and ``out = out_lo + t * (out_scale / L)``.
+    Every pass is one of ATen's vectorised elementwise kernels with the tensor and a
+    constant: the constants (levels, their reciprocals, the output map) are computed on
+    ``n``'s small tensor, and the clip is to the numbers 0 and 1 (a clip to tensor bounds,
+    or a multiply-add whose addend broadcasts, runs several times slower on the CPU).
     """
 
     @staticmethod
@@ -236,33 +237,26 @@ class _EagerFakeQuant(torch.autograd.Function):
                 bounded, identity):
         need_n = fractional and ctx.needs_input_grad[1]
         diff = None
+        u = torch.sub(x, lo).mul_(1.0 / scale)  # (x - lo) / scale
+        if not bounded:
+            u.clamp_(0.0, 1.0)
         if fractional:
             b = torch.floor(n)
             l1 = torch.exp2(b) - 1.0
             l2 = 2.0 * l1 + 1.0
-            inv = 1.0 / scale
-            u = torch.addcmul(-lo * inv, x, inv)  # (x - lo) / scale
-            if not bounded:
-                u.clamp_(0.0, 1.0)
-            t1 = torch.mul(u, l1).round_()
-            t2 = u.mul_(l2).round_()
-            # q_{b+1} - q_b (kept for the gradient of n), then the output from it:
+            q1 = torch.mul(u, l1).round_().mul_(out_scale / l1)  # out_scale * q_b
+            # out_scale * (q_{b+1} - q_b), kept for the gradient of n; then
             # out = out_lo + out_scale * (q_b + a * (q_{b+1} - q_b)), a = n - b
-            diff = t2.mul_(1.0 / l2).addcmul_(t1, -1.0 / l1)
-            out = torch.addcmul(out_lo, t1, out_scale / l1, out=t1).addcmul_(diff, out_scale * (n - b))
+            diff = u.mul_(l2).round_().mul_(out_scale / l2).sub_(q1)
+            out = q1.addcmul_(diff, n - b).add_(out_lo)
         else:
             levels = torch.exp2(n) - 1.0
-            k = levels / scale
-            t = torch.addcmul(-lo * k, x, k)
-            if not bounded:
-                t.clamp_(min=torch.zeros_like(levels), max=levels)
-            t.round_()
             step = out_scale / levels
             if pruning:  # zero bits: the value is removed (0 * inf would be NaN)
                 kept = levels > 0
                 step = torch.where(kept, step, torch.zeros_like(step))
                 out_lo = torch.where(kept, out_lo, torch.zeros_like(step))
-            out = torch.addcmul(out_lo, t, step, out=t)
+            out = u.mul_(levels).round_().mul_(step).add_(out_lo)
         ctx.save_for_backward(None if bounded else x, n if pruning else None, lo, scale, out_scale,
                               diff if need_n else None)
         ctx.meta = (alpha_mode, identity)
@@ -295,9 +289,9 @@ class _EagerFakeQuant(torch.autograd.Function):
         if diff is not None:
             shape = ctx.saved_n_shape
             if diff.shape == g.shape and math.prod(shape) == 1 and g.is_contiguous():
-                dn = (torch.dot(g.reshape(-1), diff.reshape(-1)) * out_scale).reshape(shape)
+                dn = torch.dot(g.reshape(-1), diff.reshape(-1)).reshape(shape)
             else:
-                dn = (g * diff).sum_to_size(shape) * out_scale
+                dn = (g * diff).sum_to_size(shape)
         return (dx if need_x else None), dn, None, None, None, None, dalpha, None, None, None, None, None
 
 

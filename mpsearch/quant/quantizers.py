@@ -136,13 +136,12 @@ class DoReFaQuantizer(WidthQuantizer):
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         t = torch.tanh(w)
         tiny = torch.finfo(w.dtype).tiny
-        # One pass each: the largest magnitude, and below the sums of magnitudes.
-        m = torch.linalg.vector_norm(t.detach(), math.inf).clamp_min_(tiny)
+        m = t.detach().abs().amax().clamp_min_(tiny)
         q = self._quantize(t, -m, 2 * m, -1.0, 2.0, bounded=True)  # |tanh(w)| <= m
         if not self.rescale:
             return q
         with torch.no_grad():  # mean|W| / mean|Q_W|: the element counts cancel
-            scale = torch.linalg.vector_norm(w, 1).div_(torch.linalg.vector_norm(q, 1).clamp_min_(tiny))
+            scale = w.abs().sum().div_(q.abs().sum().clamp_min_(tiny))
         return q * scale
 
     def scale_bits(self) -> int:
