@@ -202,7 +202,7 @@ def main() -> None:
                 cifar = tmp / "shared"
                 subprocess.run([sys.executable, str(SHARED / "unpack.py"), str(cifar)], check=True,
                                capture_output=True)
-            root = cifar_subset(cifar, tmp / "cifar-subset", args.per_class)
+            root = cifar_subset(cifar.resolve(), tmp / "cifar-subset", args.per_class)
             runs = [run_child(m, root, "cifar10", "resnet20", "crop-flip", {}, args)
                     for m in ("memory", "streaming")]
             report(f"CIFAR-10, {10 * args.per_class} training images, one epoch of ResNet-20 at batch "

@@ -171,7 +171,7 @@ def _listing(split_dir: Path, layout: str, classes: Sequence[str] | None
     if extra:
         raise DatasetError(f"{split_dir} has class folder(s) {', '.join(extra)} outside the "
                            f"classes {', '.join(classes)}; expected {layout}.")
-    files = _list_images(split_dir, classes, found)
+    files = _list_images(split_dir, classes, found, layout)
     if not files:
         raise DatasetError(f"{split_dir} has no image files; expected {layout}.")
     if derived:
@@ -182,9 +182,13 @@ def _listing(split_dir: Path, layout: str, classes: Sequence[str] | None
                                f"expected {layout}.")
     return files, classes
 
-def _list_images(split_dir: Path, classes: Sequence[str], found: Iterable[str]
+def _list_images(split_dir: Path, classes: Sequence[str], found: Iterable[str], layout: str
                  ) -> list[tuple[str, int, int, int]]:
-    """``(relative path, label, size, mtime_ns)`` of every image, sorted by class then path."""
+    """``(relative path, label, size, mtime_ns)`` of every image, sorted by class then path.
+
+    Raises:
+        DatasetError: an image's entry cannot be read (a dangling link, a file removed meanwhile).
+    """
     present = set(found)
     files: list[tuple[str, int, int, int]] = []
 
@@ -198,7 +202,11 @@ def _list_images(split_dir: Path, classes: Sequence[str], found: Iterable[str]
             if e.is_dir():
                 walk(e.path, f"{rel}{e.name}/", label)
             elif e.name.lower().endswith(IMAGE_EXTENSIONS):
-                st = e.stat()
+                try:
+                    st = e.stat()
+                except OSError as exc:
+                    raise DatasetError(f"{e.path} cannot be read ({type(exc).__name__}); "
+                                       f"expected {layout}.") from None
                 files.append((rel + e.name, label, st.st_size, st.st_mtime_ns))
 
     for label, name in enumerate(classes):

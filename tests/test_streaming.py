@@ -247,6 +247,11 @@ def test_corrupt_and_missing_images_give_the_in_memory_errors(tmp_path, workers)
 
     assert error_of(lambda: _decode_files(root / "train", ["bee/002.png"], [10], 16,
                                           src.layout)) == message
+    # A dangling link is named as well, when the folder is listed (both paths list it alike).
+    (root / "train" / "bee" / "003.png").unlink()
+    (root / "train" / "bee" / "003.png").symlink_to(root / "nowhere.png")
+    message = error_of(lambda: open_split(src, root, "train", streaming=True, image_size=16))
+    assert str(root / "train" / "bee" / "003.png") in message and "FileNotFoundError" in message
 
 
 def test_streamed_cifar10_refuses_an_image_of_another_size(shared_datasets, tmp_path):
