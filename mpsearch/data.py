@@ -1,11 +1,15 @@
 """Datasets: the interface dataset plugins implement, and the in-memory data trials train on.
 
-The datasets mpsearch targets are small (MNIST, CIFAR-10), so a split lives on the
-trial's device as one uint8 tensor. Batches are slices of it taken through a
-permutation, and normalisation and augmentation run on the device, batched: no
-DataLoader, no worker processes, no per-sample Python.
+Small datasets (MNIST, CIFAR-10) live on the trial's device as one uint8 tensor
+(:class:`ImageData`). Batches are slices of it taken through a permutation, and
+normalisation and augmentation run on the device, batched: no DataLoader, no
+worker processes, no per-sample Python.
 
-Folders of image files are read by :mod:`mpsearch.image_folder`.
+Folders of image files too large for that (ImageNet at 224x224 is ~190 GB as one
+tensor) stream from disk instead (:class:`~mpsearch.streaming.ImageFiles`, same
+interface): :func:`open_split` picks the path from ``[data] streaming`` (``"auto"``:
+stream above :data:`STREAM_ABOVE_BYTES`, or when the augmentation needs the original
+images). Folders are read by :mod:`mpsearch.image_folder`.
 """
 
 from __future__ import annotations
@@ -15,16 +19,23 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
 from mpsearch.errors import DatasetError, MpsearchError, PluginError, UnknownNameError
 
+if TYPE_CHECKING:  # pragma: no cover
+    from mpsearch.streaming import ImageFiles
+
 SPLITS: tuple[str, ...] = ("train", "test")
-AUGMENTATIONS: tuple[str, ...] = ("crop-flip",)
+AUGMENTATIONS: tuple[str, ...] = ("crop-flip", "resized-crop-flip")
+#: Augmentations that need each original image, so only the streaming path runs them.
+STREAMED_ONLY: tuple[str, ...] = ("resized-crop-flip",)
 CROP_PADDING = 4
+#: ``[data] streaming = "auto"`` streams a split whose uint8 tensor would exceed this.
+STREAM_ABOVE_BYTES = 4 * 2**30
 
 
 class DatasetSource(ABC):
@@ -63,6 +74,19 @@ class DatasetSource(ABC):
         Raises:
             DatasetError: the root is missing or not in :attr:`layout`.
         """
+
+    def stream(self, root: Path | None, split: str, **options: Any) -> ImageFiles | None:
+        """The split as image files to stream from disk, or None when the data under
+        ``root`` is not one image per file (the default).
+
+        Cheap: lists the files and decodes nothing, or only a sample for the
+        normalisation statistics. Labels, classes, order and statistics must be those
+        of :meth:`load`, so that both paths hold out the same validation split.
+
+        Raises:
+            DatasetError: the root is missing or not in :attr:`layout`.
+        """
+        return None
 
     def check_args(self, split: str, options: dict[str, Any]) -> None:
         """Reject an unknown split or option name (for implementations of :meth:`load`)."""
@@ -111,7 +135,8 @@ def resolve_root(root: str | Path | None) -> Path:
 
 
 def check_data(spec: Any, host: Any) -> None:
-    """Fail fast when a study's dataset is not where its spec says (see :meth:`DatasetSource.check`).
+    """Fail fast when a study's dataset is not where its spec says (see :meth:`DatasetSource.check`),
+    cannot be read as the spec asks (streamed), or its trials ask for a device this machine lacks.
 
     Args:
         spec: a :class:`~mpsearch.spec.StudySpec`; its ``[data]`` name, root and options.
@@ -141,6 +166,98 @@ def check_data(spec: Any, host: Any) -> None:
     except Exception as exc:  # a plugin's bug, told as such
         raise PluginError(f"dataset {name!r} (plugin {host.datasets.entry(name).plugin!r}) failed "
                           f"its check: {type(exc).__name__}: {exc}") from exc
+    from mpsearch.training import check_device
+
+    check_device(spec)  # where the data goes
+    streaming = getattr(spec.data, "streaming", "auto")
+    augment = resolve_augment(spec.data.augment, source)
+    if streaming is False and augment in STREAMED_ONLY:
+        raise DatasetError(f"{spec.source}: [data] augment = {augment!r} needs the original images, "
+                           f"which only the streaming path reads; set [data] streaming = true "
+                           f"or \"auto\".")
+    if streaming is True or augment in STREAMED_ONLY:
+        try:
+            files = source.stream(root, "train", **spec.data.options)
+        except MpsearchError as exc:
+            raise DatasetError(f"{spec.source}: [data] {name}: {str(exc).rstrip('.')}.") from None
+        if files is None:
+            why = "[data] streaming = true" if streaming is True else f"[data] augment = {augment!r}"
+            where = f" under {root}" if root is not None else ""
+            raise DatasetError(f"{spec.source}: {why} needs a dataset of image files, but "
+                               f"{name!r}{where} is not one image per file ({source.layout}).")
+
+
+def resolve_augment(augment: str | None, source: DatasetSource) -> str | None:
+    """The spec's ``[data] augment`` made concrete: ``"default"`` is the source's own, ``"none"`` None."""
+    if augment == "default":
+        augment = source.augment
+    return None if augment in (None, "none") else augment
+
+
+def open_split(source: DatasetSource, root: Path | None, split: str, *,
+               streaming: bool | str = "auto", augment: str | None = None,
+               workers: int | None = None, **options: Any) -> ImageData | ImageFiles:
+    """One split, in memory or streamed from disk.
+
+    Args:
+        streaming: ``True`` streams, ``False`` loads into memory, ``"auto"`` streams
+            when the split would exceed :data:`STREAM_ABOVE_BYTES` in memory or
+            ``augment`` needs the original images (``resized-crop-flip``).
+        augment: the training augmentation; with ``resized-crop-flip`` the evaluation
+            transform is ImageNet's (resize 256, centre crop 224, to scale).
+        workers: decoding processes when streaming (None: one per trial thread, up to 8).
+
+    Raises:
+        DatasetError: the data is missing, or streaming is asked of data that is not
+            one image per file.
+    """
+    if streaming is False:
+        return source.load(root, split, **options)
+    files = source.stream(root, split, **options)
+    if files is None:
+        if streaming is True or augment in STREAMED_ONLY:
+            raise DatasetError(f"the dataset under {root} is not one image per file, so it cannot "
+                               f"stream from disk; expected {source.layout}.")
+        return source.load(root, split, **options)
+    if streaming is True or augment in STREAMED_ONLY or files.decoded_bytes > STREAM_ABOVE_BYTES:
+        from mpsearch.streaming import EVAL_RESIZE_RATIO, with_workers
+
+        if augment in STREAMED_ONLY:
+            files = replace(files, resize=round(files.size * EVAL_RESIZE_RATIO))
+        return with_workers(files, workers)
+    return source.load(root, split, **options)
+
+
+def stratified_split(labels: torch.Tensor, num_classes: int, fraction: float, seed: int
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of a deterministic stratified hold-out (see :meth:`ImageData.split`).
+
+    Returns:
+        ``(rest, held_out)``: sorted int64 indices on the CPU.
+    """
+    if not 0.0 < float(fraction) < 1.0:
+        raise MpsearchError(f"hold-out fraction {fraction!r} must lie strictly between "
+                            f"0 and 1.")
+    labels = labels.cpu()
+    n = len(labels)
+    generator = torch.Generator().manual_seed(int(seed))
+    perm = torch.randperm(n, generator=generator)
+    # A stable sort by label keeps the random order within each class.
+    grouped = perm[torch.sort(labels[perm], stable=True).indices]
+    counts = torch.bincount(labels, minlength=num_classes)
+    take = torch.floor(counts.double() * float(fraction) + 0.5).long()
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(n) - starts.repeat_interleave(counts)
+    held = rank < take.repeat_interleave(counts)
+    return grouped[~held].sort().values, grouped[held].sort().values
+
+
+def check_batch_args(batch_size: Any, augment: str | None) -> None:
+    """Reject an unknown augmentation or a batch size that is not a positive integer."""
+    if augment is not None and augment not in AUGMENTATIONS:
+        raise UnknownNameError("augmentation", augment, AUGMENTATIONS)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise MpsearchError(f"batch size {batch_size!r} must be a positive integer.")
 
 
 @dataclass(frozen=True, eq=False)
@@ -224,22 +341,8 @@ class ImageData:
         Returns:
             ``(rest, held_out)``: disjoint, each in the original order.
         """
-        if not 0.0 < float(fraction) < 1.0:
-            raise MpsearchError(f"hold-out fraction {fraction!r} must lie strictly between "
-                                f"0 and 1.")
-        labels = self.labels.cpu()
-        n = len(labels)
-        generator = torch.Generator().manual_seed(int(seed))
-        perm = torch.randperm(n, generator=generator)
-        # A stable sort by label keeps the random order within each class.
-        grouped = perm[torch.sort(labels[perm], stable=True).indices]
-        counts = torch.bincount(labels, minlength=self.num_classes)
-        take = torch.floor(counts.double() * float(fraction) + 0.5).long()
-        starts = torch.cumsum(counts, 0) - counts
-        rank = torch.arange(n) - starts.repeat_interleave(counts)
-        held = rank < take.repeat_interleave(counts)
-        return (self.subset(grouped[~held].sort().values),
-                self.subset(grouped[held].sort().values))
+        rest, held = stratified_split(self.labels, self.num_classes, fraction, seed)
+        return self.subset(rest), self.subset(held)
 
     def class_counts(self) -> torch.Tensor:
         """Images per class, int64 ``(num_classes,)``, on the data's device."""
@@ -260,13 +363,14 @@ class ImageData:
             shuffle: visit the images in a random order.
             generator: the source of randomness (the default one if None).
             augment: ``None`` or ``"crop-flip"``: a random crop of the image
-                zero-padded by 4 pixels, then a random horizontal flip.
+                zero-padded by 4 pixels, then a random horizontal flip
+                (``"resized-crop-flip"`` streams: see :mod:`mpsearch.streaming`).
             drop_last: skip a last batch smaller than ``batch_size``.
         """
-        if augment is not None and augment not in AUGMENTATIONS:
-            raise UnknownNameError("augmentation", augment, AUGMENTATIONS)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise MpsearchError(f"batch size {batch_size!r} must be a positive integer.")
+        check_batch_args(batch_size, augment)
+        if augment in STREAMED_ONLY:
+            raise MpsearchError(f"augmentation {augment!r} needs the original images, which only "
+                                f"the streaming path reads; set [data] streaming = true or \"auto\".")
         return self._batches(batch_size, shuffle, generator, augment, drop_last)
 
     def _batches(self, batch_size: int, shuffle: bool, generator: torch.Generator | None,
@@ -329,13 +433,23 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
 
     Exact: computed from a 256-bin histogram per channel, in float64.
     """
-    values = torch.arange(256, dtype=torch.float64, device=images.device) / 255.0
+    return histogram_stats(channel_histograms(images))
+
+
+def channel_histograms(images: torch.Tensor) -> torch.Tensor:
+    """Per-channel 256-bin histograms of uint8 ``(N, C, H, W)`` images, int64 ``(C, 256)``."""
+    return torch.stack([torch.bincount(images[:, ch].reshape(-1), minlength=256)
+                        for ch in range(images.shape[1])])
+
+
+def histogram_stats(hist: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Mean and (population) std per channel, in [0, 1] units, from :func:`channel_histograms`."""
+    values = torch.arange(256, dtype=torch.float64, device=hist.device) / 255.0
     means, stds = [], []
-    for ch in range(images.shape[1]):
-        hist = torch.bincount(images[:, ch].reshape(-1), minlength=256).double()
-        total = hist.sum()
-        mean = (hist * values).sum() / total
-        var = (hist * values * values).sum() / total - mean * mean
+    for h in hist.double():
+        total = h.sum()
+        mean = (h * values).sum() / total
+        var = (h * values * values).sum() / total - mean * mean
         means.append(float(mean))
         stds.append(float(var.clamp_min(0).sqrt()))
     return tuple(means), tuple(stds)

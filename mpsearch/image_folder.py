@@ -14,7 +14,7 @@ import os
 import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -61,32 +61,8 @@ def read_image_folder(split_dir: Path, *, layout: str, classes: Sequence[str] | 
             file cannot be decoded.
     """
     split_dir = Path(split_dir)
-    if not split_dir.is_dir():
-        raise DatasetError(f"{split_dir} is not a folder; expected {layout}.")
-    found = sorted(e.name for e in os.scandir(split_dir)
-                   if e.is_dir() and not e.name.startswith("."))
-    derived = classes is None
-    classes = list(found if classes is None else classes)
-    if not classes:
-        raise DatasetError(f"{split_dir} has no class folders; expected {layout}.")
-    extra = [c for c in found if c not in classes]
-    if extra:
-        raise DatasetError(f"{split_dir} has class folder(s) {', '.join(extra)} outside the "
-                           f"classes {', '.join(classes)}; expected {layout}.")
-    files = _list_images(split_dir, classes, found)
-    if not files:
-        raise DatasetError(f"{split_dir} has no image files; expected {layout}.")
-    if derived:
-        have = {f[1] for f in files}
-        empty = [c for i, c in enumerate(classes) if i not in have]
-        if empty:
-            raise DatasetError(f"class folder {split_dir / empty[0]} has no image files; "
-                               f"expected {layout}.")
-
-    digest = hashlib.sha256()
-    for rel, label, size, mtime in files:
-        digest.update(f"{rel}\0{label}\0{size}\0{mtime}\n".encode())
-    key = digest.hexdigest()
+    files, classes = _listing(split_dir, layout, classes)
+    key = _digest(files)
     where = split_dir.resolve()
     slot = hashlib.sha256(f"{_CACHE_FORMAT}\0{where}\0{image_size}\0{classes}".encode()).hexdigest()
     base = cache_dir() if cache else None
@@ -105,9 +81,114 @@ def read_image_folder(split_dir: Path, *, layout: str, classes: Sequence[str] | 
     return images, labels, tuple(classes)
 
 
-def _list_images(split_dir: Path, classes: Sequence[str], found: Iterable[str]
+
+class Listing(NamedTuple):
+    """The image files of a split folder (see :func:`list_image_folder`)."""
+
+    paths: list[str]  # relative to the folder, sorted by class then path
+    labels: torch.Tensor  # int64
+    classes: tuple[str, ...]
+    key: str  # digest of every file's path, label, size and modification time
+
+
+def list_image_folder(split_dir: Path, *, layout: str, classes: Sequence[str] | None = None
+                      ) -> Listing:
+    """The image files of ``split_dir/<class>/<images>`` and their labels, without decoding.
+
+    The order and the errors are those of :func:`read_image_folder` (which decodes
+    the same files in the same order).
+
+    Raises:
+        DatasetError: the folder is missing, has no classes, or a class has no images.
+    """
+    files, classes = _listing(Path(split_dir), layout, classes)
+    return Listing([f[0] for f in files], torch.tensor([f[1] for f in files], dtype=torch.int64),
+                   tuple(classes), _digest(files))
+
+
+#: Images whose statistics normalise a streamed folder (all of them when there are fewer).
+STATS_IMAGES = 10_000
+
+
+def streamed_stats(files: Any, key: str, limit: int = STATS_IMAGES
+                   ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of a streamed split's images, through the cache.
+
+    Measured as :func:`mpsearch.data.channel_stats` measures a decoded split, on up
+    to ``limit`` images (a seeded sample when there are more), so a folder of at most
+    ``limit`` images gets exactly the in-memory path's values.
+
+    Args:
+        files: an :class:`~mpsearch.streaming.ImageFiles`.
+        key: its listing's digest (:attr:`Listing.key`).
+    """
+    from mpsearch.data import channel_histograms, histogram_stats
+    from mpsearch.streaming import with_workers
+
+    where = Path(files.folder).resolve()
+    slot = hashlib.sha256(f"{_CACHE_FORMAT}\0{where}\0{files.size}\0{limit}\0{key}".encode())
+    base = cache_dir()
+    cache_file = base / f"{where.parent.name}-{where.name}-stats-{slot.hexdigest()[:16]}.pt" \
+        if base else None
+    if cache_file is not None:
+        try:
+            hit = torch.load(cache_file, map_location="cpu", weights_only=True)
+            return tuple(hit["mean"]), tuple(hit["std"])
+        except Exception:  # noqa: BLE001 - missing or unreadable: measured again
+            pass
+    n = len(files)
+    index = None
+    if n > limit:
+        index = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:limit].sort().values
+    hist = torch.zeros((3, 256), dtype=torch.int64)
+    files = with_workers(files, None)  # decoded by as many workers as a trial would use
+    for batch in files.uint8_batches(256, None if index is None else index.tolist()):
+        hist += channel_histograms(batch)
+    mean, std = histogram_stats(hist)
+    if cache_file is not None:
+        _cache_write(cache_file, {"mean": list(mean), "std": list(std)})
+    return mean, std
+
+
+def _digest(files: list[tuple[str, int, int, int]]) -> str:
+    digest = hashlib.sha256()
+    for rel, label, size, mtime in files:
+        digest.update(f"{rel}\0{label}\0{size}\0{mtime}\n".encode())
+    return digest.hexdigest()
+
+
+def _listing(split_dir: Path, layout: str, classes: Sequence[str] | None
+             ) -> tuple[list[tuple[str, int, int, int]], list[str]]:
+    if not split_dir.is_dir():
+        raise DatasetError(f"{split_dir} is not a folder; expected {layout}.")
+    found = sorted(e.name for e in os.scandir(split_dir)
+                   if e.is_dir() and not e.name.startswith("."))
+    derived = classes is None
+    classes = list(found if classes is None else classes)
+    if not classes:
+        raise DatasetError(f"{split_dir} has no class folders; expected {layout}.")
+    extra = [c for c in found if c not in classes]
+    if extra:
+        raise DatasetError(f"{split_dir} has class folder(s) {', '.join(extra)} outside the "
+                           f"classes {', '.join(classes)}; expected {layout}.")
+    files = _list_images(split_dir, classes, found, layout)
+    if not files:
+        raise DatasetError(f"{split_dir} has no image files; expected {layout}.")
+    if derived:
+        have = {f[1] for f in files}
+        empty = [c for i, c in enumerate(classes) if i not in have]
+        if empty:
+            raise DatasetError(f"class folder {split_dir / empty[0]} has no image files; "
+                               f"expected {layout}.")
+    return files, classes
+
+def _list_images(split_dir: Path, classes: Sequence[str], found: Iterable[str], layout: str
                  ) -> list[tuple[str, int, int, int]]:
-    """``(relative path, label, size, mtime_ns)`` of every image, sorted by class then path."""
+    """``(relative path, label, size, mtime_ns)`` of every image, sorted by class then path.
+
+    Raises:
+        DatasetError: an image's entry cannot be read (a dangling link, a file removed meanwhile).
+    """
     present = set(found)
     files: list[tuple[str, int, int, int]] = []
 
@@ -121,7 +202,11 @@ def _list_images(split_dir: Path, classes: Sequence[str], found: Iterable[str]
             if e.is_dir():
                 walk(e.path, f"{rel}{e.name}/", label)
             elif e.name.lower().endswith(IMAGE_EXTENSIONS):
-                st = e.stat()
+                try:
+                    st = e.stat()
+                except OSError as exc:
+                    raise DatasetError(f"{e.path} cannot be read ({type(exc).__name__}); "
+                                       f"expected {layout}.") from None
                 files.append((rel + e.name, label, st.st_size, st.st_mtime_ns))
 
     for label, name in enumerate(classes):
@@ -166,7 +251,7 @@ def _cache_write(path: Path, data: dict[str, Any]) -> None:
 def _decode_files(split_dir: Path, rels: list[str], sizes: list[int], image_size: int | None,
                   layout: str) -> torch.Tensor:
     """Read and decode the files into one uint8 ``(N, 3, H, W)`` tensor."""
-    from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+    from torchvision.io import ImageReadMode, decode_jpeg
 
     # One buffer for all the files' bytes; the per-file tensors are views of it.
     buffer = bytearray(sum(sizes))
@@ -175,8 +260,12 @@ def _decode_files(split_dir: Path, rels: list[str], sizes: list[int], image_size
     offset = 0
     prefix = f"{split_dir}{os.sep}"
     for rel, size in zip(rels, sizes):
-        with open(prefix + rel, "rb", buffering=0) as f:
-            got = f.readinto(view[offset:offset + size])
+        try:
+            with open(prefix + rel, "rb", buffering=0) as f:
+                got = f.readinto(view[offset:offset + size])
+        except OSError as exc:
+            raise DatasetError(f"{split_dir / rel} cannot be read ({type(exc).__name__}); "
+                               f"expected {layout}.") from None
         if got != size:
             raise DatasetError(f"{split_dir / rel} changed while it was read; expected {layout}.")
         starts.append(offset)
@@ -195,15 +284,8 @@ def _decode_files(split_dir: Path, rels: list[str], sizes: list[int], image_size
         for i, img in zip(jpegs, decoded):
             out[i] = img
     for i, blob in enumerate(blobs):
-        if out[i] is not None:
-            continue
-        try:
-            img = decode_image(blob, mode=ImageReadMode.RGB)
-        except (RuntimeError, ValueError):
-            img = _decode_pil(bytes(view[starts[i]:starts[i] + sizes[i]]), split_dir / rels[i],
-                              layout)
-        out[i] = img[0] if img.dim() == 4 else img  # animated GIF: its first frame
-
+        if out[i] is None:
+            out[i] = decode_image_bytes(blob, split_dir / rels[i], layout)
     if image_size is not None:
         out = _square(out, image_size)
     shapes = {tuple(img.shape) for img in out}
@@ -212,6 +294,37 @@ def _decode_files(split_dir: Path, rels: list[str], sizes: list[int], image_size
         raise DatasetError(f"images in {split_dir} have different sizes ({a[1]}x{a[2]} and "
                            f"{b[1]}x{b[2]}); expected {layout}.")
     return torch.stack(out)  # type: ignore[arg-type]
+
+
+def read_image_file(path: Path, layout: str) -> torch.Tensor:
+    """Read and decode one image file to uint8 ``(3, H, W)`` (see :func:`decode_image_bytes`).
+
+    Raises:
+        DatasetError: the file is gone or unreadable, or not an image.
+    """
+    try:
+        with open(path, "rb", buffering=0) as f:
+            data = f.read()
+    except OSError as exc:
+        raise DatasetError(f"{path} cannot be read ({type(exc).__name__}); "
+                           f"expected {layout}.") from None
+    return decode_image_bytes(torch.frombuffer(bytearray(data), dtype=torch.uint8)
+                              if data else torch.empty(0, dtype=torch.uint8), path, layout)
+
+
+def decode_image_bytes(blob: torch.Tensor, path: Path, layout: str) -> torch.Tensor:
+    """Decode one file's bytes to uint8 ``(3, H, W)``: torchvision, else PIL; a GIF's first frame.
+
+    Raises:
+        DatasetError: neither can read it (the message names ``path``).
+    """
+    from torchvision.io import ImageReadMode, decode_image
+
+    try:
+        img = decode_image(blob, mode=ImageReadMode.RGB)
+    except (RuntimeError, ValueError):
+        img = _decode_pil(blob.numpy().tobytes(), path, layout)
+    return img[0] if img.dim() == 4 else img  # animated GIF: its first frame
 
 
 def _decode_pil(data: bytes, path: Path, layout: str) -> torch.Tensor:

@@ -211,7 +211,19 @@ def run_with_ray(study, spec: StudySpec, host, remaining: int, storage_url: str 
 
     Returns:
         Timings: ``ray_start_seconds`` (0 when Ray was already running).
+
+    Raises:
+        MpsearchError: trials ask for GPUs that a local runtime does not have (Ray would
+            leave them pending for ever).
     """
+    gpus = spec.resources.gpus_per_trial
+    if gpus > 0 and address is None:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise MpsearchError(f"{spec.source}: [resources] gpus_per_trial = {gpus:g}, but this "
+                                f"machine has no CUDA device; set it to 0, or run on a cluster "
+                                f"with GPUs (--address).")
     try:
         import ray
         from ray import tune

@@ -54,6 +54,8 @@ OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("cosine", "constant")
 DEVICES = ("auto", "cpu", "cuda")
 COMPILE = ("auto", "on", "off")
+AUTOCAST = ("auto", "bf16", "off")
+AUGMENT = ("default", "none", "crop-flip", "resized-crop-flip")
 EXECUTORS = ("ray", "local")
 # "sampler": Optuna chooses the strategy like any parameter; "round-robin": trial n runs
 # strategy n mod k, so every strategy gets its share of the trials (method comparisons).
@@ -195,12 +197,23 @@ class ModelSection:
 
 @dataclass(frozen=True)
 class DataSection:
+    """The dataset, its hold-out, and how it is read.
+
+    Attributes:
+        streaming: ``true`` decodes image files batch by batch from disk, ``false``
+            holds each split in memory, ``"auto"`` streams splits too large for memory
+            (see :func:`mpsearch.data.open_split`).
+        workers: decoding processes when streaming (default: one per trial CPU, up to 8).
+    """
+
     name: str
     root: str | None = None
     validation_fraction: float = 0.1
     train_subset: int | None = None
     augment: str | None = "default"
     options: dict = field(default_factory=dict)
+    streaming: bool | str = "auto"
+    workers: int | None = None
 
 
 @dataclass(frozen=True)
@@ -215,6 +228,8 @@ class TrainingSection:
         pretrain_lr, pretrain_optimizer: for that training (default: ``lr``, ``optimizer``).
         calibration_images: training images that calibrate quantizer ranges when
             nothing trains (``epochs = 0``, candidates scored without fine-tuning).
+        autocast: ``"auto"`` trains and evaluates under bf16 autocast on CUDA and in
+            float32 on the CPU; ``"bf16"`` asks for it, ``"off"`` stays float32.
     """
 
     epochs: int = 2
@@ -230,6 +245,7 @@ class TrainingSection:
     schedule: str = "cosine"
     device: str = "auto"
     compile: str = "auto"
+    autocast: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -376,16 +392,20 @@ def parse_spec(raw: Mapping[str, Any], source: str = "spec", host=None,
                          weights_sha256=digest)
 
     d = r.table(raw, "data")
-    r.keys(d, "data", {"name", "root", "validation_fraction", "train_subset", "augment", "options"},
-           required={"name"})
+    r.keys(d, "data", {"name", "root", "validation_fraction", "train_subset", "augment", "options",
+                       "streaming", "workers"}, required={"name"})
     fraction = r.number(d, "data", "validation_fraction", default=0.1)
     if not 0 < fraction < 1:
         raise SpecError(f"{source}: [data] validation_fraction must lie strictly between 0 and 1, "
                         f"not {fraction}.")
     augment = d.get("augment", "default")
-    if augment is not None and augment not in ("default", "none", "crop-flip"):
-        raise SpecError(f"{source}: [data] augment must be \"default\", \"none\" or \"crop-flip\", "
+    if augment is not None and augment not in AUGMENT:
+        raise SpecError(f"{source}: [data] augment must be one of {', '.join(AUGMENT)}, "
                         f"not {augment!r}.")
+    streaming = d.get("streaming", "auto")
+    if not (isinstance(streaming, bool) or streaming == "auto"):
+        raise SpecError(f"{source}: [data] streaming must be true, false or \"auto\", "
+                        f"not {streaming!r}.")
     options = d.get("options", {})
     if not isinstance(options, dict):
         raise SpecError(f"{source}: [data] options must be a table, not {options!r}.")
@@ -393,7 +413,8 @@ def parse_spec(raw: Mapping[str, Any], source: str = "spec", host=None,
         name=r.plugin(d, "data", "name", host, "datasets"),
         root=r.string(d, "data", "root", default=None), validation_fraction=fraction,
         train_subset=r.integer(d, "data", "train_subset", low=1, default=None),
-        augment=augment, options=dict(options))
+        augment=augment, options=dict(options), streaming=streaming,
+        workers=r.integer(d, "data", "workers", low=0, default=None))
 
     t = raw.get("training", {})
     r.is_table(t, "training")
@@ -416,7 +437,8 @@ def parse_spec(raw: Mapping[str, Any], source: str = "spec", host=None,
         weight_decay=r.number(t, "training", "weight_decay", default=defaults.weight_decay),
         schedule=r.choice(t, "training", "schedule", SCHEDULES, defaults.schedule),
         device=r.choice(t, "training", "device", DEVICES, defaults.device),
-        compile=r.choice(t, "training", "compile", COMPILE, defaults.compile))
+        compile=r.choice(t, "training", "compile", COMPILE, defaults.compile),
+        autocast=r.choice(t, "training", "autocast", AUTOCAST, defaults.autocast))
 
     b = raw.get("backend", {"name": "generic"})
     if isinstance(b, str):  # backend = "loom" is short for [backend] name = "loom"
@@ -458,7 +480,7 @@ def parse_spec(raw: Mapping[str, Any], source: str = "spec", host=None,
     resources = ResourcesSection(
         cpus_per_trial=r.number(res, "resources", "cpus_per_trial", default=dres.cpus_per_trial,
                                 positive=True),
-        gpus_per_trial=r.number(res, "resources", "gpus_per_trial", default=dres.gpus_per_trial),
+        gpus_per_trial=_gpus(r, res, dres.gpus_per_trial),
         max_concurrent=r.integer(res, "resources", "max_concurrent", low=1,
                                  default=dres.max_concurrent),
         executor=r.choice(res, "resources", "executor", EXECUTORS, dres.executor),
@@ -471,6 +493,15 @@ def parse_spec(raw: Mapping[str, Any], source: str = "spec", host=None,
     return StudySpec(study=study, model=model, data=data, training=training,
                      strategies=tuple(strategies), resources=resources, backend=backend,
                      plugins=tuple(plugins), source=source)
+
+
+def _gpus(r: _Reader, res: Mapping[str, Any], default: float) -> float:
+    """``gpus_per_trial``: a share of one GPU (several trials on it) or whole GPUs, as Ray places them."""
+    gpus = r.number(res, "resources", "gpus_per_trial", default=default)
+    if gpus > 1 and gpus != int(gpus):
+        raise r.fail("resources", "gpus_per_trial", f"must be a fraction of one GPU (0.25: four "
+                     f"trials share it) or a whole number of GPUs, not {gpus!r}.")
+    return gpus
 
 
 def _objectives(r: _Reader, raw: Any, host) -> tuple[Objective, ...]:

@@ -1,14 +1,19 @@
-"""The training loop every strategy shares: epochs over in-memory data, evaluation, optimizers.
+"""The training loop every strategy shares: epochs over a split, evaluation, optimizers.
 
-Losses stay on the device during an epoch; the loop synchronises once per epoch
-to read the mean loss and accuracy, and a non-finite loss then fails the trial.
+A split is an :class:`~mpsearch.data.ImageData` in memory or an
+:class:`~mpsearch.streaming.ImageFiles` streamed from disk: both give batches on
+the trial's device. Losses stay on the device during an epoch; the loop
+synchronises once per epoch to read the mean loss and accuracy, and a non-finite
+loss then fails the trial. On CUDA the forward passes run under bf16 autocast
+(``[training] autocast``); the weights, their gradients and the optimizer stay
+float32.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +21,42 @@ from torch import nn
 
 from mpsearch.data import ImageData
 from mpsearch.errors import MpsearchError
-from mpsearch.spec import TrainingSection
+from mpsearch.spec import AUTOCAST, TrainingSection
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mpsearch.streaming import ImageFiles
+
+_autocast = {"mode": "auto"}
+
+
+def set_autocast(mode: str) -> None:
+    """Choose when training and evaluation run under bf16 autocast.
+
+    Args:
+        mode: ``"auto"`` (on CUDA only), ``"bf16"`` (on any device that supports
+            it), or ``"off"``. Set per trial from ``[training] autocast``.
+    """
+    if mode not in AUTOCAST:
+        raise ValueError(f"autocast mode must be one of {AUTOCAST}, not {mode!r}")
+    _autocast["mode"] = mode
+
+
+def check_device(spec: Any) -> None:
+    """Refuse ``[training] device = "cuda"`` on a machine without CUDA, before a study is written.
+
+    Raises:
+        MpsearchError: one line naming the spec and what to set instead.
+    """
+    if spec.training.device == "cuda" and not torch.cuda.is_available():
+        raise MpsearchError(f"{spec.source}: [training] device = \"cuda\", but this machine has no "
+                            f"CUDA device; use \"auto\" or \"cpu\".")
+
+
+def autocast(device: torch.device) -> torch.autocast:
+    """The autocast context for a forward pass on ``device`` (disabled where it does not apply)."""
+    mode = _autocast["mode"]
+    on = mode == "bf16" or (mode == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=on)
 
 
 class TrialFailed(MpsearchError):
@@ -58,12 +98,12 @@ class _Cosine:
         return 0.5 * (1.0 + math.cos(math.pi * min(self.offset + step, self.total) / self.total))
 
 
-def steps_per_epoch(data: ImageData, batch_size: int, max_batches: int | None = None) -> int:
+def steps_per_epoch(data: ImageData | ImageFiles, batch_size: int, max_batches: int | None = None) -> int:
     steps = math.ceil(len(data) / batch_size)
     return min(steps, max_batches) if max_batches else steps
 
 
-def train_epoch(model: nn.Module, data: ImageData, optimizer: torch.optim.Optimizer, *,
+def train_epoch(model: nn.Module, data: ImageData | ImageFiles, optimizer: torch.optim.Optimizer, *,
                 batch_size: int, generator: torch.Generator, augment: str | None = None,
                 schedule: torch.optim.lr_scheduler.LRScheduler | None = None,
                 extra_loss: Callable[[], torch.Tensor] | None = None,
@@ -85,7 +125,7 @@ def train_epoch(model: nn.Module, data: ImageData, optimizer: torch.optim.Optimi
         TrialFailed: the loss became NaN or infinite.
     """
     model.train()
-    device = data.images.device
+    device = data.device
     task_sum = torch.zeros((), device=device)
     total_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
@@ -94,9 +134,10 @@ def train_epoch(model: nn.Module, data: ImageData, optimizer: torch.optim.Optimi
                                             augment=augment)):
         if max_batches is not None and i >= max_batches:
             break
-        logits = model(x)
-        task = F.cross_entropy(logits, y)
-        loss = task if extra_loss is None else task + extra_loss()
+        with autocast(device):
+            logits = model(x)
+            task = F.cross_entropy(logits, y)
+            loss = task if extra_loss is None else task + extra_loss()
         optimizer.zero_grad(set_to_none=True)
         for extra in extra_optimizers:
             extra.zero_grad(set_to_none=True)
@@ -120,12 +161,15 @@ def train_epoch(model: nn.Module, data: ImageData, optimizer: torch.optim.Optimi
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: ImageData, batch_size: int = 512) -> float:
+def evaluate(model: nn.Module, data: ImageData | ImageFiles, batch_size: int = 512) -> float:
     """Top-1 accuracy of ``model`` on ``data`` (eval mode; training mode restored)."""
     was_training = model.training
     model.eval()
-    correct = torch.zeros((), device=data.images.device, dtype=torch.int64)
+    device = data.device
+    correct = torch.zeros((), device=device, dtype=torch.int64)
     for x, y in data.batches(batch_size):
-        correct += (model(x).argmax(1) == y).sum()
+        with autocast(device):
+            logits = model(x)
+        correct += (logits.argmax(1) == y).sum()
     model.train(was_training)
     return float(correct) / max(len(data), 1)

@@ -26,7 +26,7 @@ from torch import nn
 from mpsearch.assignment import PrecisionAssignment
 from mpsearch.backends import Backend
 from mpsearch.checkpoint import CheckpointMismatch, TrialCheckpointer, save_tensors
-from mpsearch.data import ImageData, resolve_root
+from mpsearch.data import ImageData, open_split, resolve_augment, resolve_root
 from mpsearch.errors import MpsearchError
 from mpsearch.models import model_profile
 from mpsearch.objectives import Objective
@@ -40,6 +40,7 @@ from mpsearch.training import (
     evaluate,
     make_optimizer,
     make_schedule,
+    set_autocast,
     steps_per_epoch,
     train_epoch,
 )
@@ -101,9 +102,12 @@ def plugin_host(plugins: tuple[str, ...] = ()):
 
 @functools.lru_cache(maxsize=4)
 def _load_split(plugins: tuple, dataset: str, root: str | None, split: str,
-                options: tuple) -> ImageData:
+                options: tuple, streaming: bool | str = False, augment: str | None = None,
+                workers: int | None = None) -> ImageData:
     source = plugin_host(plugins).datasets.get(dataset)
-    return source.load(resolve_root(root) if source.needs_root else None, split, **dict(options))
+    return open_split(source, resolve_root(root) if source.needs_root else None, split,
+                      streaming=streaming, augment=resolve_augment(augment, source), workers=workers,
+                      **dict(options))
 
 
 def load_data(spec: StudySpec) -> tuple[ImageData, ImageData, ImageData]:
@@ -114,8 +118,9 @@ def load_data(spec: StudySpec) -> tuple[ImageData, ImageData, ImageData]:
     to report the final model's accuracy.
     """
     key = (tuple(spec.plugins), spec.data.name, spec.data.root, tuple(sorted(spec.data.options.items())))
-    train = _load_split(key[0], key[1], key[2], "train", key[3])
-    test = _load_split(key[0], key[1], key[2], "test", key[3])
+    how = (spec.data.streaming, spec.data.augment, spec.data.workers)  # in memory, or streamed
+    train = _load_split(*key[:3], "train", key[3], *how)
+    test = _load_split(*key[:3], "test", key[3], *how)
     train, val = train.split(spec.data.validation_fraction, seed=spec.study.seed)
     if spec.data.train_subset is not None and spec.data.train_subset < len(train):
         _, train = train.split(spec.data.train_subset / len(train), seed=spec.study.seed + 1)
@@ -527,6 +532,7 @@ def make_context(spec: StudySpec, number: int, seed: int, host, *, start: str = 
     from mpsearch.quant import set_compile
 
     set_compile(spec.training.compile)
+    set_autocast(spec.training.autocast)
     generator = seed_everything(seed)
     train, val, _ = load_data(spec)
     train, val = train.to(device), val.to(device)
@@ -543,13 +549,11 @@ def make_context(spec: StudySpec, number: int, seed: int, host, *, start: str = 
     backend = host.backends.get(spec.backend)
     objectives = {n: host.objectives.get(n).for_backend(backend, spec.backend)
                   for n in spec.cost_objectives}
-    augment = spec.data.augment
-    if augment == "default":
-        augment = host.datasets.get(spec.data.name).augment
+    augment = resolve_augment(spec.data.augment, host.datasets.get(spec.data.name))
     return TrialContext(spec=spec, number=number, seed=seed, device=device, model=model,
                         profile=profile, train=train, val=val, objectives=objectives, backend=backend,
                         generator=generator, host=host, start=start, float_accuracy=float_accuracy,
-                        augment=None if augment in (None, "none") else augment,
+                        augment=augment,
                         reporter=reporter or (lambda epoch, metrics: None), checkpoints=checkpoints)
 
 

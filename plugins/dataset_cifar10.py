@@ -11,7 +11,8 @@ import torch
 from mpsearch.data import DatasetSource, ImageData
 from mpsearch.errors import DatasetError
 from mpsearch.hookspecs import hookimpl
-from mpsearch.image_folder import read_image_folder
+from mpsearch.image_folder import list_image_folder, read_image_folder
+from mpsearch.streaming import ImageFiles
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
                    "ship", "truck")
@@ -27,7 +28,8 @@ class CIFAR10Source(DatasetSource):
 
     Reads ``ROOT/cifar-10-batches-py`` when present, else the folder tree
     ``ROOT/cifar10/{train,test}/<class>/*.jpg``; the folder is decoded once
-    and then read from the cache (see :func:`mpsearch.data.cache_dir`).
+    and then read from the cache (see :func:`mpsearch.image_folder.cache_dir`),
+    or streamed from its files (``[data] streaming``; the python batches cannot).
     """
 
     description = ("CIFAR-10: 50,000 train / 10,000 test 32x32 colour images in 10 classes "
@@ -64,6 +66,17 @@ class CIFAR10Source(DatasetSource):
             raise DatasetError(f"CIFAR-10 not found under {root}; expected {self.layout}.")
         return ImageData(images, labels, CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD)
 
+    def stream(self, root: Path | None, split: str, **options: Any) -> ImageFiles | None:
+        self.check_args(split, options)
+        root = self.require_root(root, "CIFAR-10")
+        if (root / "cifar-10-batches-py").is_dir() or not (root / "cifar10").is_dir():
+            return None
+        split_dir = root / "cifar10" / split
+        paths, labels, _, _ = list_image_folder(split_dir, layout=self.layout, classes=CIFAR10_CLASSES)
+        _require_every_class(split_dir, labels, self.layout)
+        return ImageFiles(split_dir, np.array(paths), labels, CIFAR10_CLASSES, CIFAR10_MEAN,
+                          CIFAR10_STD, size=32, exact=True, layout=self.layout)
+
     def _load_batches(self, root: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         from torchvision.datasets import CIFAR10
 
@@ -85,12 +98,16 @@ class CIFAR10Source(DatasetSource):
         if images.shape[1:] != (3, 32, 32):
             raise DatasetError(f"images in {split_dir} are {images.shape[2]}x{images.shape[3]}, "
                                f"not 32x32; expected {self.layout}.")
-        counts = torch.bincount(labels, minlength=len(CIFAR10_CLASSES))
-        missing = [c for c, k in zip(CIFAR10_CLASSES, counts.tolist()) if k == 0]
-        if missing:
-            raise DatasetError(f"{split_dir} has no images of class(es) {', '.join(missing)}; "
-                               f"expected {self.layout}.")
+        _require_every_class(split_dir, labels, self.layout)
         return images, labels
+
+
+def _require_every_class(split_dir: Path, labels: torch.Tensor, layout: str) -> None:
+    counts = torch.bincount(labels, minlength=len(CIFAR10_CLASSES))
+    missing = [c for c, k in zip(CIFAR10_CLASSES, counts.tolist()) if k == 0]
+    if missing:
+        raise DatasetError(f"{split_dir} has no images of class(es) {', '.join(missing)}; "
+                           f"expected {layout}.")
 
 
 @hookimpl

@@ -5,10 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from mpsearch.data import SPLITS, DatasetSource, ImageData, channel_stats
 from mpsearch.errors import DatasetError, MpsearchError
 from mpsearch.hookspecs import hookimpl
-from mpsearch.image_folder import read_image_folder
+from mpsearch.image_folder import list_image_folder, read_image_folder, streamed_stats
+from mpsearch.streaming import ImageFiles
 
 
 class ImageFolderSource(DatasetSource):
@@ -20,10 +23,14 @@ class ImageFolderSource(DatasetSource):
     names of the train split's folders; the test split may lack some but may not
     add any. The normalisation mean and std are measured on the train split's
     resized images, for both splits. Decoded splits are cached (see
-    :func:`mpsearch.data.cache_dir`).
+    :func:`mpsearch.image_folder.cache_dir`).
+
+    Streamed (``[data] streaming``; ImageNet's layout), only the file list stays in
+    memory; the mean and std are measured once on up to 10,000 training images
+    (all of them when there are fewer: then exactly the in-memory values) and cached.
 
     Options:
-        image_size: the side of the square images, default 32.
+        image_size: the side of the square images, default 32 (224 for ImageNet).
     """
 
     description = ("A folder of images, one subfolder per class "
@@ -55,6 +62,24 @@ class ImageFolderSource(DatasetSource):
             images, labels, _ = read_image_folder(root / "test", layout=self.layout,
                                                   classes=classes, image_size=size)
         return ImageData(images, labels, classes, mean, std)
+
+
+    def stream(self, root: Path | None, split: str, **options: Any) -> ImageFiles:
+        self.check_args(split, options)
+        size = _image_size(options)
+        root = self.require_root(root, "image folder")
+        listing = list_image_folder(root / "train", layout=self.layout)
+        paths, labels, classes = listing.paths, listing.labels, listing.classes
+        train = ImageFiles(root / "train", np.array(paths), labels, classes, (0.0,) * 3, (1.0,) * 3,
+                           size=size, layout=self.layout)
+        mean, std = streamed_stats(train, listing.key)
+        std = tuple(s if s > 0 else 1.0 for s in std)
+        if split == "test":
+            paths, labels, _, _ = list_image_folder(root / "test", layout=self.layout, classes=classes)
+            return ImageFiles(root / "test", np.array(paths), labels, classes, mean, std, size=size,
+                              layout=self.layout)
+        return ImageFiles(train.folder, train.paths, train.labels, classes, mean, std, size=size,
+                          layout=self.layout)
 
 
 def _image_size(options: dict[str, Any]) -> int:

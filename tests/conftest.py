@@ -46,6 +46,18 @@ def host():
     return PluginHost(entry_points=False)
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests (or parameters) marked ``gpu`` skip, saying so, where torch sees no CUDA device."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (marked gpu)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 # Tests run the eager fake-quantization kernels unless a test asks for compiled ones:
 # compiling on the CPU takes seconds per kernel variant.
 os.environ.setdefault("MPSEARCH_COMPILE", "off")

@@ -1025,6 +1025,26 @@ CASES = [
                                          'space.hessian_images = 32\nspace.max_iterations = 1\n'
                                          'enqueue = [{budget = 0.01}, {budget = 0.5}]')), n_trials=2),
          check=failed_then_complete("strategy 'hawq'", "bitops <=", "cannot be met", "raise the budget")),
+    # -- streaming data, devices ---------------------------------------------------------
+    Case("spec-streaming-not-true-false-auto", CREATE, ("bad.toml", "[data] streaming must be true, "
+                                                        "false or \"auto\"", "'yes'"),
+         prepare=spec(("train_subset = 1000", 'train_subset = 1000\nstreaming = "yes"'))),
+    Case("data-streaming-what-is-not-files", CREATE, ("bad.toml", "[data] streaming = true",
+                                                      "'mnist-mini'", "not one image per file"),
+         prepare=spec(("train_subset = 1000", "train_subset = 1000\nstreaming = true"))),
+    Case("data-resized-crops-in-memory", CREATE, ("bad.toml", "augment = 'resized-crop-flip'",
+                                                  "only the streaming path reads",
+                                                  "[data] streaming = true"),
+         prepare=spec(("train_subset = 1000", 'train_subset = 1000\nstreaming = false\n'
+                                              'augment = "resized-crop-flip"'))),
+    Case("spec-gpus-per-trial-not-a-share", CREATE, ("bad.toml", "[resources] gpus_per_trial",
+                                                     "a fraction of one GPU", "1.5"),
+         prepare=spec(("max_concurrent = 1", "max_concurrent = 1\ngpus_per_trial = 1.5"))),
+    Case("device-cuda-without-cuda", CREATE, ("bad.toml", "[training] device = \"cuda\"",
+                                              "no CUDA device", "\"auto\""),
+         prepare=spec(("batch_size = 100", 'batch_size = 100\ndevice = "cuda"')),
+         marks=(pytest.mark.skipif(__import__("torch").cuda.is_available(),
+                                   reason="this machine has a CUDA device"),)),
 ]
 
 

@@ -10,7 +10,7 @@ from mpsearch.assignment import PrecisionAssignment
 from mpsearch.quant import (DoReFaQuantizer, FixedBits, LearnableBits, MinMaxQuantizer,
                             PACTQuantizer, assignment_from_model, bit_parameters, bits_shape,
                             fake_quant, freeze_bits, quantize_model, quantized_layers, quantizers, project_bits,
-                            restore_model, set_compile)
+                            restore_model)
 from mpsearch.testing import TINY_INPUT, tiny_model, tiny_profile
 
 torch.manual_seed(0)
@@ -274,24 +274,6 @@ def test_learnable_bits_clamp_and_round():
     assert LearnableBits(4.0).discrete() == 4
     with pytest.raises(ValueError):
         FixedBits(2.5)
-
-
-@pytest.mark.slow
-def test_compiled_kernels_match_eager():
-    x = torch.randn(8, 4, 5, 5, requires_grad=True)
-    outs = {}
-    for mode in ("off", "on"):
-        set_compile(mode)
-        try:
-            x.grad = None
-            bits = LearnableBits(3.4, (8, 1, 1, 1))
-            out = MinMaxQuantizer(bits)(x)
-            out.backward(torch.ones_like(out))
-            outs[mode] = (out.detach(), x.grad.clone(), bits.value.grad.clone())
-        finally:
-            set_compile("off")
-    for eager, compiled in zip(outs["off"], outs["on"]):
-        assert torch.allclose(eager, compiled, atol=1e-5)
 
 
 def test_fake_quant_rejects_nothing_silently():

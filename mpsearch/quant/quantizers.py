@@ -132,8 +132,9 @@ class MinMaxQuantizer(WidthQuantizer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lo, hi = torch.aminmax(x.detach())
-        scale = (hi - lo).clamp_min(torch.finfo(x.dtype).tiny)
-        return self._quantize(x, lo, scale, lo, scale)
+        scale = (hi - lo).clamp_min_(torch.finfo(x.dtype).tiny)
+        # The range is the tensor's own: nothing to clip, and the gradient is g.
+        return self._quantize(x, lo, scale, lo, scale, bounded=True)
 
     def integer_form(self, x: torch.Tensor) -> UniformGrid:
         """Offset ``L_min`` and span ``L_max - L_min`` of ``x`` itself (dynamic: per batch for inputs)."""
@@ -171,11 +172,13 @@ class DoReFaQuantizer(WidthQuantizer):
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         t = torch.tanh(w)
-        m = t.detach().abs().max().clamp_min(torch.finfo(w.dtype).tiny)
-        q = self._quantize(t, -m, 2 * m, -1.0, 2.0)
+        tiny = torch.finfo(w.dtype).tiny
+        m = t.detach().abs().amax().clamp_min_(tiny)
+        q = self._quantize(t, -m, 2 * m, -1.0, 2.0, bounded=True)  # |tanh(w)| <= m
         if not self.rescale:
             return q
-        scale = w.detach().abs().mean() / q.detach().abs().mean().clamp_min(torch.finfo(w.dtype).tiny)
+        with torch.no_grad():  # mean|W| / mean|Q_W|: the element counts cancel
+            scale = w.abs().sum().div_(q.abs().sum().clamp_min_(tiny))
         return q * scale
 
     def integer_form(self, w: torch.Tensor) -> UniformGrid:
@@ -261,8 +264,10 @@ class PACTQuantizer(WidthQuantizer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = self.clip(x)
         if self.two_sided:
-            return self._quantize(x, -a, 2 * a, -a, 2 * a, alpha=self.alpha, two_sided=True)
-        return self._quantize(x, torch.zeros_like(a), a, torch.zeros_like(a), a, alpha=self.alpha)
+            lo, span = -a, 2 * a
+            return self._quantize(x, lo, span, lo, span, alpha=self.alpha, two_sided=True)
+        zero = torch.zeros_like(a)
+        return self._quantize(x, zero, a, zero, a, alpha=self.alpha)
 
     def integer_form(self, x: torch.Tensor) -> UniformGrid:
         """Offset 0 and span ``alpha`` (two-sided: offset ``-alpha``, span ``2 alpha``)."""
