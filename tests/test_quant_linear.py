@@ -167,7 +167,8 @@ def test_calibration_sees_the_float_network_and_is_the_same_twice():
     first = {g: float(q.clip.detach()) for g, q in quantizers(model).items()}
     calibrate_model(model, _batches())
     assert {g: float(q.clip.detach()) for g, q in quantizers(model).items()} == first
-    # Each input clip is the KL clip of that layer's input in the float network.
+    # Each input clip is the least-squared-error clip (quantize_at's default) of that layer's
+    # input in the float network.
     float_model, seen = tiny_model().eval(), {}
     hooks = [m.register_forward_pre_hook(lambda mod, args, _n=name: seen.setdefault(_n, []).append(args[0]))
              for name, m in float_model.named_modules() if name in quantized_layers(model)]
@@ -178,9 +179,9 @@ def test_calibration_sees_the_float_network_and_is_the_same_twice():
         h.remove()
     for layer in profile:
         x = torch.cat([t.flatten() for t in seen[layer.name]])
-        assert first[layer.input_group] == pytest.approx(kl_clip(x, 3, layer.input_signed))
+        assert first[layer.input_group] == pytest.approx(mse_clip(x, 3, layer.input_signed))
         w = dict(float_model.named_modules())[layer.name].weight
-        assert first[layer.weight_group] == pytest.approx(kl_clip(w, 3, True))
+        assert first[layer.weight_group] == pytest.approx(mse_clip(w, 3, True))
 
 
 def test_the_linear_family_quantizes_signed_inputs_symmetrically():

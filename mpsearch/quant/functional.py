@@ -87,9 +87,11 @@ def _grid(u: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
 
 
 def _fwd_int(x, n, lo, scale, out_lo, out_scale, pruning: bool):
+    # the eager kernel's order of operations, so both give the same floats where no
+    # multiply-add is fused
     u = ((x.float() - lo) / scale).clamp(0.0, 1.0)
     levels = torch.exp2(n) - 1.0
-    out = out_lo + out_scale * _grid(u, levels)
+    out = torch.round(u * levels) * (out_scale / levels) + out_lo
     if pruning:  # zero bits: the value is removed
         out = torch.where(levels > 0, out, torch.zeros_like(out))
     return out.to(x.dtype)
@@ -237,7 +239,9 @@ class _EagerFakeQuant(torch.autograd.Function):
                 bounded, identity):
         need_n = fractional and ctx.needs_input_grad[1]
         diff = None
-        u = torch.sub(x, lo).mul_(1.0 / scale)  # (x - lo) / scale
+        # (x - lo) / scale, divided: a reciprocal's rounding would move two-sided grids' zero
+        # (u = 1/2 exactly, a tie) off its tie, away from what an exported graph computes
+        u = torch.sub(x, lo).div_(scale)
         if not bounded:
             u.clamp_(0.0, 1.0)
         if fractional:

@@ -334,7 +334,8 @@ class UniformGrid(IntegerForm):
             raise MpsearchError("a template has no values; encode a tensor first.")
         codes = self.codes.to(torch.float32)
         levels = torch.exp2(self.bits.to(torch.float32)) - 1.0
-        out = _as_tensor(self.offset, codes) + _as_tensor(self.span, codes) * (codes / levels)
+        # the eager kernel's order: codes times span / levels, then the offset
+        out = codes * (_as_tensor(self.span, codes) / levels) + _as_tensor(self.offset, codes)
         out = torch.where(levels > 0, out, torch.zeros_like(out))
         if self.gain is not None:
             out = out * _as_tensor(self.gain, codes)
