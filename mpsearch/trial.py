@@ -422,7 +422,7 @@ def _run(spec: StudySpec, number: int, seed: int, strategy_name: str, params: Ma
                           f"and frozen; its fine-tuning must keep them.")
     legal = final  # with the scale storage the model's quantizers really need
     accuracy = evaluate(model, context.val)
-    reason = divergence(context.history, accuracy, context.val)
+    reason = divergence(context.history, accuracy, context.val, context.float_accuracy)
     if reason is not None:
         raise TrialFailed(reason)
     test_accuracy = evaluate(model, load_data(spec)[2].to(device))
@@ -460,7 +460,8 @@ LOSS_BLOWUP = 10.0  # an epoch's training loss above this many times ln(classes)
 CHANCE_SIGMAS = 2.0  # accuracy within this many binomial standard deviations of chance is chance
 
 
-def divergence(history: Sequence[Mapping[str, Any]], accuracy: float, val: ImageData) -> str | None:
+def divergence(history: Sequence[Mapping[str, Any]], accuracy: float, val: ImageData,
+               start_accuracy: float = float("nan")) -> str | None:
     """Why a finished trial diverged, or None: its settings failed, and it is no point of the front.
 
     A trial has diverged when an epoch's mean training loss exceeded
@@ -468,7 +469,9 @@ def divergence(history: Sequence[Mapping[str, Any]], accuracy: float, val: Image
     cross-entropy), or when its final validation accuracy is at chance: no more
     than :data:`CHANCE_SIGMAS` binomial standard deviations above the share of the
     validation split's most frequent class (what a model that predicts one class
-    scores).
+    scores). A trial that trained no epoch (post-training quantization) is judged
+    against where it started: at chance from a start at chance (random weights) it
+    has lost nothing, and is no divergence.
 
     Returns:
         One line naming the value and the epoch (of ``history``, the trial's
@@ -488,6 +491,8 @@ def divergence(history: Sequence[Mapping[str, Any]], accuracy: float, val: Image
     if accuracy > ceiling:
         return None
     rows = [r for r in history if "val_accuracy" in r]
+    if not history and not start_accuracy > ceiling:  # NaN: no float start
+        return None
     since = None
     for row in reversed(rows):  # the epoch from which validation accuracy stayed at chance
         if row["val_accuracy"] > ceiling:

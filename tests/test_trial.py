@@ -41,7 +41,10 @@ def test_accuracy_at_chance_names_the_value_and_the_epoch_it_stayed_there_from()
     assert "25.00% of the validation split" in reason and "\n" not in reason
     # a collapse after the last reported epoch, and post-training quantization (no epoch)
     assert "at the end" in divergence(rows(0.9), 0.1, VAL)
-    assert "with no epoch trained" in divergence([], 0.27, VAL)
+    assert "with no epoch trained" in divergence([], 0.27, VAL, 0.9)  # from a float start at 0.9
+    # post-training quantization of random weights (no float start, or one at chance) loses nothing
+    assert divergence([], 0.27, VAL) is None
+    assert divergence([], 0.27, VAL, 0.26) is None
 
 
 def test_a_loss_that_blew_up_names_the_epoch_and_the_value_even_if_accuracy_recovered():
