@@ -37,6 +37,7 @@ has the recorded sha256.
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 import tomllib
@@ -610,7 +611,9 @@ class _Reader:
         unknown = sorted(set(table) - allowed)
         if unknown:
             where = f"[{section}]" if section else "the top level"
-            raise SpecError(f"{self.source}: unknown key(s) {', '.join(unknown)} in {where}; "
+            close = difflib.get_close_matches(unknown[0], sorted(allowed), n=1, cutoff=0.6)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise SpecError(f"{self.source}: unknown key(s) {', '.join(unknown)} in {where};{hint} "
                             f"valid keys: {', '.join(sorted(allowed))}.")
         missing = sorted(required - set(table))
         if missing:

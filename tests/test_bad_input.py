@@ -697,7 +697,7 @@ CASES = [
     Case("spec-malformed-toml", CREATE, ("bad.toml", "not valid TOML", "line 13"),
          prepare=spec(("[training]", "[training"))),
     Case("spec-unknown-key", CREATE, ("bad.toml", "unknown key(s) batch_szie in [training]",
-                                      "valid keys: batch_size"),
+                                      "Did you mean 'batch_size'?", "valid keys: autocast, batch_size"),
          prepare=spec(("batch_size = 100", "batch_size = 100\nbatch_szie = 50"))),
     Case("spec-wrong-type", CREATE, ("bad.toml", "[study] n_trials must be an integer", "'three'"),
          prepare=spec(("n_trials = 3", 'n_trials = "three"'))),

@@ -113,5 +113,5 @@ def test_the_plot_command_draws_the_trajectory_of_the_trial(study, tmp_path):
     assert result.exit_code == 0, result.output
     assert result.output.splitlines()[-1] == f"wrote {tmp_path / 'w-trial1-widths.png'}"
     pixels(tmp_path / "w-trial1-widths.png")
-    result = invoke("plot", "w", "--storage", url, "-o", str(tmp_path), "--trial", "2")
+    result = invoke("plot", "w", "--storage", url, "-o", str(tmp_path), "--trial", "2", "--force")
     assert result.output.splitlines()[-1] == "trial 2 recorded no widths per epoch"
