@@ -271,6 +271,9 @@ def plot_sensitivity(study: optuna.Study, trial_number: int, path: str | Path) -
         ax.grid(True, alpha=0.3)
     axes[0][0].legend(fontsize="small")
     fig.suptitle(f"{study.study_name}, trial {trial_number}: sensitivity on {table.images} images")
+    fig.tight_layout()
+    return _save(fig, plt, path)
+
 
 def plot_widths(study: optuna.Study, trial_number: int, path: str | Path) -> Path | None:
     """How one trial's widths moved: per epoch (its history), and per step of a search-based strategy.
