@@ -244,8 +244,7 @@ def plot_sensitivity(study: optuna.Study, trial_number: int, path: str | Path) -
     from mpsearch.sensitivity import SensitivityTable
 
     folder = artefacts_of(study, trial_number)
-    recorded = next(t for t in study.get_trials(deepcopy=False)
-                    if t.number == trial_number).user_attrs.get("sensitivity")
+    recorded = _find_trial(study, trial_number).user_attrs.get("sensitivity")
     if recorded is None:
         return None
     table = SensitivityTable.from_dict(recorded, f"trial {trial_number}'s sensitivity table")
@@ -355,6 +354,7 @@ def plot_widths(study: optuna.Study, trial_number: int, path: str | Path) -> Pat
 
 
 def _find_trial(study: optuna.Study, trial_number: int) -> Any:
+    """Trial ``trial_number`` of ``study``; a one-line error naming the trials there are."""
     trials = study.get_trials(deepcopy=False)
     found = [t for t in trials if t.number == trial_number]
     if not found:
@@ -370,13 +370,7 @@ def artefacts_of(study: optuna.Study, trial_number: int) -> Path:
     Raises:
         MpsearchError: no such trial, or it saved no assignment (failed, or run without artefacts).
     """
-    trials = study.get_trials(deepcopy=False)
-    found = [t for t in trials if t.number == trial_number]
-    if not found:
-        span = f"{trials[0].number}-{trials[-1].number}" if trials else "none yet"
-        raise MpsearchError(f"study {study.study_name!r} has no trial {trial_number} "
-                            f"(trials: {span}).")
-    t: Any = found[0]
+    t = _find_trial(study, trial_number)
     folder = t.user_attrs.get(T.ATTR_ARTEFACTS)
     if not folder:
         why = f" (it failed: {t.user_attrs[T.ATTR_FAIL]})" if t.user_attrs.get(T.ATTR_FAIL) else ""

@@ -41,7 +41,7 @@ import difflib
 import math
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -323,6 +323,34 @@ class StudySpec:
             "resources": asdict(self.resources),
             "plugins": list(self.plugins),
         }
+
+
+def check_integer_params(merged: Mapping[str, Param], where: str,
+                         rules: Sequence[tuple[str, int, int | None]]) -> None:
+    """Check a strategy's integer parameters, and that every ``min_bits`` is at most every ``max_bits``.
+
+    Args:
+        merged: the strategy's parameters (defaults with the spec's space over them).
+        where: the spec location for messages, e.g. ``"spec: strategy[2].space"``.
+        rules: ``(name, lowest, highest)`` per integer parameter; ``highest`` None is unbounded.
+            The ``min_bits``/``max_bits`` order is checked where both are parameters.
+
+    Raises:
+        SpecError: one line naming the parameter and the valid values.
+    """
+    for name, lowest, highest in rules:
+        p = merged[name]
+        if p.low is not None and not p.integer:
+            raise SpecError(f"{where}.{name}: a range needs integer low and high.")
+        for v in p.values():
+            if (isinstance(v, bool) or not isinstance(v, int) or v < lowest
+                    or (highest is not None and v > highest)):
+                valid = f"{lowest}-{highest}" if highest else f"of at least {lowest}"
+                raise SpecError(f"{where}.{name}: {v!r} must be an integer {valid}.")
+    if "min_bits" in merged and "max_bits" in merged:
+        if max(merged["min_bits"].values()) > min(merged["max_bits"].values()):
+            raise SpecError(f"{where}: min_bits can exceed max_bits; every min_bits must be at most "
+                            f"every max_bits.")
 
 
 def load_spec(path: str | Path, host=None) -> StudySpec:

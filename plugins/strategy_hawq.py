@@ -17,7 +17,7 @@ from mpsearch.errors import MpsearchError
 from mpsearch.hookspecs import hookimpl
 from mpsearch.quant import QUANTIZER_FAMILIES, quantize_at
 from mpsearch.sensitivity import layer_sensitivity
-from mpsearch.spec import Param, SpecError
+from mpsearch.spec import Param, SpecError, check_integer_params
 from mpsearch.strategy import SearchResult, Strategy
 
 REFERENCE_BITS = 8  # a fractional budget is a share of the all-8-bit assignment's cost
@@ -368,20 +368,9 @@ class HawqStrategy(Strategy):
             for v in merged[name].values():
                 if not ok(v):
                     raise SpecError(f"{where}.{name}: {v!r} must be {rule}.")
-        for name, lowest, highest in (("act_bits", 0, MAX_BITS), ("min_bits", 1, MAX_BITS),
-                                      ("max_bits", 1, MAX_BITS), ("hessian_images", 0, None),
-                                      ("max_iterations", 1, None)):
-            p = merged[name]
-            if p.low is not None and not p.integer:
-                raise SpecError(f"{where}.{name}: a range needs integer low and high.")
-            for v in p.values():
-                if (isinstance(v, bool) or not isinstance(v, int) or v < lowest
-                        or (highest is not None and v > highest)):
-                    valid = f"{lowest}-{highest}" if highest else f"of at least {lowest}"
-                    raise SpecError(f"{where}.{name}: {v!r} must be an integer {valid}.")
-        if max(merged["min_bits"].values()) > min(merged["max_bits"].values()):
-            raise SpecError(f"{where}: min_bits can exceed max_bits; every min_bits must be at most "
-                            f"every max_bits.")
+        check_integer_params(merged, where, (("act_bits", 0, MAX_BITS), ("min_bits", 1, MAX_BITS),
+                                             ("max_bits", 1, MAX_BITS), ("hessian_images", 0, None),
+                                             ("max_iterations", 1, None)))
         for v in merged["budgets"].values():
             try:
                 parse_budgets(v)

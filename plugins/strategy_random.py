@@ -15,7 +15,7 @@ from mpsearch.errors import MpsearchError
 from mpsearch.hookspecs import hookimpl
 from mpsearch.profile import ModelProfile
 from mpsearch.quant import QUANTIZER_FAMILIES, quantize_at
-from mpsearch.spec import Param, SpecError
+from mpsearch.spec import Param, SpecError, check_integer_params
 from mpsearch.strategy import SearchResult, Strategy
 
 REFERENCE_BITS = 8  # the budget is a fraction of the uniform 8-bit assignment's cost
@@ -185,18 +185,7 @@ def check_search_space(merged: Mapping[str, Param], where: str, *,
         for v in merged[name].values():
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not ok(v):
                 raise SpecError(f"{where}.{name}: {v!r} must be {rule}.")
-    for name, lowest, highest in (*integers, ("min_bits", 1, MAX_BITS), ("max_bits", 1, MAX_BITS)):
-        p = merged[name]
-        if p.low is not None and not p.integer:
-            raise SpecError(f"{where}.{name}: a range needs integer low and high.")
-        for v in p.values():
-            if (isinstance(v, bool) or not isinstance(v, int) or v < lowest
-                    or (highest is not None and v > highest)):
-                valid = f"{lowest}-{highest}" if highest else f"of at least {lowest}"
-                raise SpecError(f"{where}.{name}: {v!r} must be an integer {valid}.")
-    if max(merged["min_bits"].values()) > min(merged["max_bits"].values()):
-        raise SpecError(f"{where}: min_bits can exceed max_bits; every min_bits must be at most "
-                        f"every max_bits.")
+    check_integer_params(merged, where, (*integers, ("min_bits", 1, MAX_BITS), ("max_bits", 1, MAX_BITS)))
     for v in merged["quantizer"].values():
         if v not in QUANTIZER_FAMILIES:
             raise SpecError(f"{where}.quantizer: {v!r} is not a quantizer family; use one "
