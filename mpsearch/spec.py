@@ -381,75 +381,102 @@ def parse_spec(raw: Mapping[str, Any], source: str = "spec", host=None,
                base: Path | None = None) -> StudySpec:
     """Validate a TOML-shaped mapping into a :class:`StudySpec` (see :func:`load_spec`).
 
+    The sections are read in a fixed order (the first bad key is the one reported).
+
     Args:
         base: the folder relative paths in the spec (``[model] weights``) are relative
             to (the spec file's); None: the working directory.
     """
     r = _Reader(source)
+    _check_top_level(r, raw)
+    study = _study_section(r, r.table(raw, "study"), host)
+    model = _model_section(r, r.table(raw, "model"), host, base)
+    data = _data_section(r, r.table(raw, "data"), host)
+    training = _training_section(r, raw.get("training", {}))
+    backend = _backend_name(r, raw.get("backend", {"name": "generic"}), host)
+    strategies = _strategy_sections(r, raw.get("strategy"), host)
+    _check_post_training(r, training, strategies, host)
+    resources = _resources_section(r, raw.get("resources", {}))
+    plugins = _plugin_list(r, raw.get("plugins", []))
+    return StudySpec(study=study, model=model, data=data, training=training,
+                     strategies=strategies, resources=resources, backend=backend,
+                     plugins=plugins, source=source)
+
+
+def _check_top_level(r: _Reader, raw: Mapping[str, Any]) -> None:
+    """The top-level keys, and the spec version this mpsearch reads."""
     r.keys(raw, "", {"version", "study", "model", "data", "training", "backend", "strategy",
                      "resources", "plugins"}, required={"study", "model", "data", "strategy"})
     version = raw.get("version", SPEC_VERSION)
     if version != SPEC_VERSION:
-        raise SpecError(f"{source}: spec version {version!r} is not supported; "
+        raise SpecError(f"{r.source}: spec version {version!r} is not supported; "
                         f"this mpsearch reads version {SPEC_VERSION}.")
 
-    s = r.table(raw, "study")
+
+def _study_section(r: _Reader, s: Mapping[str, Any], host) -> StudySection:
+    """``[study]``: name, objectives, budget, sampler, seed, storage."""
     r.keys(s, "study", {"name", "objectives", "sampler", "n_trials", "seed", "storage",
                         "strategy_choice"},
            required={"name", "objectives", "n_trials"})
-    name = check_study_name(r.string(s, "study", "name"), f"{source}: [study] name")
+    name = check_study_name(r.string(s, "study", "name"), f"{r.source}: [study] name")
     objectives = _objectives(r, s.get("objectives"), host)
-    study = StudySection(
+    return StudySection(
         name=name, objectives=objectives, n_trials=r.integer(s, "study", "n_trials", low=1),
         sampler=r.choice(s, "study", "sampler", SAMPLERS, "tpe"),
         seed=r.integer(s, "study", "seed", low=0, default=0, high=MAX_SEED),
         storage=r.string(s, "study", "storage", default=None),
         strategy_choice=r.choice(s, "study", "strategy_choice", STRATEGY_CHOICES, "sampler"))
 
-    m = r.table(raw, "model")
+
+def _model_section(r: _Reader, m: Mapping[str, Any], host, base: Path | None) -> ModelSection:
+    """``[model]``: the network's name, and its float weights as an absolute path (with a digest)."""
     r.keys(m, "model", {"name", "weights", "weights_sha256"}, required={"name"})
     weights = r.string(m, "model", "weights", default=None)
     if weights is not None:
         weights = str((Path(base or ".") / Path(weights).expanduser()).resolve())
     digest = r.string(m, "model", "weights_sha256", default=None)
     if digest is not None and not re.fullmatch(r"[0-9a-f]{64}", digest):
-        raise SpecError(f"{source}: [model] weights_sha256 must be 64 lower-case hex digits, "
+        raise SpecError(f"{r.source}: [model] weights_sha256 must be 64 lower-case hex digits, "
                         f"not {digest!r}.")
     if digest is not None and weights is None:
-        raise SpecError(f"{source}: [model] weights_sha256 is given without weights.")
-    model = ModelSection(name=r.plugin(m, "model", "name", host, "models"), weights=weights,
-                         weights_sha256=digest)
+        raise SpecError(f"{r.source}: [model] weights_sha256 is given without weights.")
+    return ModelSection(name=r.plugin(m, "model", "name", host, "models"), weights=weights,
+                        weights_sha256=digest)
 
-    d = r.table(raw, "data")
+
+def _data_section(r: _Reader, d: Mapping[str, Any], host) -> DataSection:
+    """``[data]``: the dataset, its hold-out, augmentation and how it is read."""
     r.keys(d, "data", {"name", "root", "validation_fraction", "train_subset", "augment", "options",
                        "streaming", "workers"}, required={"name"})
     fraction = r.number(d, "data", "validation_fraction", default=0.1)
     if not 0 < fraction < 1:
-        raise SpecError(f"{source}: [data] validation_fraction must lie strictly between 0 and 1, "
+        raise SpecError(f"{r.source}: [data] validation_fraction must lie strictly between 0 and 1, "
                         f"not {fraction}.")
     augment = d.get("augment", "default")
     if augment is not None and augment not in AUGMENT:
-        raise SpecError(f"{source}: [data] augment must be one of {', '.join(AUGMENT)}, "
+        raise SpecError(f"{r.source}: [data] augment must be one of {', '.join(AUGMENT)}, "
                         f"not {augment!r}.")
     streaming = d.get("streaming", "auto")
     if not (isinstance(streaming, bool) or streaming == "auto"):
-        raise SpecError(f"{source}: [data] streaming must be true, false or \"auto\", "
+        raise SpecError(f"{r.source}: [data] streaming must be true, false or \"auto\", "
                         f"not {streaming!r}.")
     options = d.get("options", {})
     if not isinstance(options, dict):
-        raise SpecError(f"{source}: [data] options must be a table, not {options!r}.")
-    data = DataSection(
+        raise SpecError(f"{r.source}: [data] options must be a table, not {options!r}.")
+    return DataSection(
         name=r.plugin(d, "data", "name", host, "datasets"),
         root=r.string(d, "data", "root", default=None), validation_fraction=fraction,
         train_subset=r.integer(d, "data", "train_subset", low=1, default=None),
         augment=augment, options=dict(options), streaming=streaming,
         workers=r.integer(d, "data", "workers", low=0, default=None))
 
-    t = raw.get("training", {})
+
+def _training_section(r: _Reader, t: Any) -> TrainingSection:
+    """``[training]`` (optional): every key defaults to :class:`TrainingSection`'s."""
     r.is_table(t, "training")
     defaults = TrainingSection()
     r.keys(t, "training", set(asdict(defaults)))
-    training = TrainingSection(
+    return TrainingSection(
         epochs=r.integer(t, "training", "epochs", low=0, default=defaults.epochs),
         pretrain_epochs=r.integer(t, "training", "pretrain_epochs", low=0,
                                   default=defaults.pretrain_epochs),
@@ -469,59 +496,81 @@ def parse_spec(raw: Mapping[str, Any], source: str = "spec", host=None,
         compile=r.choice(t, "training", "compile", COMPILE, defaults.compile),
         autocast=r.choice(t, "training", "autocast", AUTOCAST, defaults.autocast))
 
-    b = raw.get("backend", {"name": "generic"})
+
+def _backend_name(r: _Reader, b: Any, host) -> str:
+    """``[backend] name``, or the short form ``backend = "loom"``."""
     if isinstance(b, str):  # backend = "loom" is short for [backend] name = "loom"
         b = {"name": b}
     r.is_table(b, "backend")
     r.keys(b, "backend", {"name"}, required={"name"})
-    backend = r.plugin(b, "backend", "name", host, "backends")
+    return r.plugin(b, "backend", "name", host, "backends")
 
-    strategies_raw = raw.get("strategy")
-    if not isinstance(strategies_raw, list) or not strategies_raw:
-        raise SpecError(f"{source}: [[strategy]] must be given at least once "
+
+def _strategy_sections(r: _Reader, raw: Any, host) -> tuple[StrategySection, ...]:
+    """``[[strategy]]``: at least one, each name once."""
+    if not isinstance(raw, list) or not raw:
+        raise SpecError(f"{r.source}: [[strategy]] must be given at least once "
                         f"(an array of tables, each with a name).")
-    strategies = []
-    for i, st in enumerate(strategies_raw):
-        where = f"strategy[{i}]"
-        r.is_table(st, where)
-        r.keys(st, where, {"name", "space", "enqueue"}, required={"name"})
-        sname = r.plugin(st, where, "name", host, "strategies")
-        if any(x.name == sname for x in strategies):
-            raise SpecError(f"{source}: strategy {sname!r} is listed twice; list each once.")
-        space_raw = st.get("space", {})
-        r.is_table(space_raw, f"{where}.space")
-        space = {k: Param.parse(v, f"{source}: {where}.space.{k}") for k, v in space_raw.items()}
-        if host is not None and sname in host.strategies:
-            host.strategies.get(sname).check_space(space, f"{source}: {where}.space")
-        enqueue = _enqueued_points(st.get("enqueue", []), space, host, sname, f"{source}: {where}")
-        strategies.append(StrategySection(name=sname, space=space, enqueue=enqueue))
+    strategies: list[StrategySection] = []
+    for i, st in enumerate(raw):
+        strategies.append(_strategy_section(r, st, f"strategy[{i}]", host, strategies))
+    return tuple(strategies)
+
+
+def _strategy_section(r: _Reader, st: Any, where: str, host,
+                      earlier: Sequence[StrategySection]) -> StrategySection:
+    """One ``[[strategy]]`` table: its name, search space and enqueued points."""
+    r.is_table(st, where)
+    r.keys(st, where, {"name", "space", "enqueue"}, required={"name"})
+    sname = r.plugin(st, where, "name", host, "strategies")
+    if any(x.name == sname for x in earlier):
+        raise SpecError(f"{r.source}: strategy {sname!r} is listed twice; list each once.")
+    space_raw = st.get("space", {})
+    r.is_table(space_raw, f"{where}.space")
+    space = {k: Param.parse(v, f"{r.source}: {where}.space.{k}") for k, v in space_raw.items()}
+    if host is not None and sname in host.strategies:
+        host.strategies.get(sname).check_space(space, f"{r.source}: {where}.space")
+    enqueue = _enqueued_points(st.get("enqueue", []), space, host, sname, f"{r.source}: {where}")
+    return StrategySection(name=sname, space=space, enqueue=enqueue)
+
+
+def _check_post_training(r: _Reader, training: TrainingSection,
+                         strategies: Sequence[StrategySection], host) -> None:
+    """``[training] epochs = 0`` only with strategies that can quantize without training."""
     if training.epochs == 0 and host is not None:
         for st in strategies:
             if st.name in host.strategies and not host.strategies.get(st.name).post_training:
-                raise SpecError(f"{source}: [training] epochs = 0 is post-training quantization, which "
+                raise SpecError(f"{r.source}: [training] epochs = 0 is post-training quantization, which "
                                 f"strategy {st.name!r} cannot do (it learns by training); give epochs "
                                 f">= 1 or drop it.")
 
-    res = raw.get("resources", {})
+
+def _resources_section(r: _Reader, res: Any) -> ResourcesSection:
+    """``[resources]`` (optional): what each trial gets, how many run at once, and where."""
     r.is_table(res, "resources")
     dres = ResourcesSection()
     r.keys(res, "resources", set(asdict(dres)))
-    resources = ResourcesSection(
+    return ResourcesSection(
         cpus_per_trial=r.number(res, "resources", "cpus_per_trial", default=dres.cpus_per_trial,
                                 positive=True),
         gpus_per_trial=_gpus(r, res, dres.gpus_per_trial),
         max_concurrent=r.integer(res, "resources", "max_concurrent", low=1,
                                  default=dres.max_concurrent),
-        executor=r.choice(res, "resources", "executor", EXECUTORS, dres.executor),
+        executor=_executor(r, res, dres.executor),
         checkpoint=r.boolean(res, "resources", "checkpoint", dres.checkpoint),
         max_retries=r.integer(res, "resources", "max_retries", default=dres.max_retries))
 
-    plugins = raw.get("plugins", [])
+
+def _executor(r: _Reader, res: Mapping[str, Any], default: str) -> str:
+    """``[resources] executor``: one of :data:`EXECUTORS`."""
+    return r.choice(res, "resources", "executor", EXECUTORS, default)
+
+
+def _plugin_list(r: _Reader, plugins: Any) -> tuple[str, ...]:
+    """Top-level ``plugins``: module names or ``.py`` paths the study needs."""
     if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
-        raise SpecError(f"{source}: plugins must be a list of module names or .py paths.")
-    return StudySpec(study=study, model=model, data=data, training=training,
-                     strategies=tuple(strategies), resources=resources, backend=backend,
-                     plugins=tuple(plugins), source=source)
+        raise SpecError(f"{r.source}: plugins must be a list of module names or .py paths.")
+    return tuple(plugins)
 
 
 def _gpus(r: _Reader, res: Mapping[str, Any], default: float) -> float:
