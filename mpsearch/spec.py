@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from mpsearch.errors import MpsearchError
+from mpsearch.storage_url import url_without_password
 
 SPEC_VERSION = 1
 SAMPLERS = ("tpe", "nsga2", "nsga3", "random", "gp")
@@ -306,8 +307,6 @@ class StudySpec:
         if study["storage"] is None:
             del study["storage"]
         else:  # the dict is stored, checkpointed and handed to Ray: never with a password
-            from mpsearch.storage import url_without_password
-
             study["storage"] = url_without_password(study["storage"])
         data = {k: v for k, v in asdict(self.data).items() if v is not None}
         return {

@@ -9,7 +9,7 @@ name, in two databases or one after the other, never share a folder, and a folde
 marked as another study's is refused.
 
 A storage URL's password never leaves this process: messages show the URL with
-``***`` (:func:`shown_url`), and nothing mpsearch stores or hands to Ray holds it.
+``***`` (:func:`~mpsearch.storage_url.shown_url`), and nothing mpsearch stores or hands to Ray holds it.
 Give it in the URL, or leave it out and let the PostgreSQL driver read
 ``PGPASSWORD`` or ``~/.pgpass``; the command line also reads the whole URL from
 ``MPSEARCH_STORAGE``.
@@ -32,8 +32,13 @@ from typing import Any
 
 from mpsearch.errors import MpsearchError
 from mpsearch.optuna_private import rdb_storage, study_id, study_storage
+from mpsearch.storage_url import (  # noqa: F401 - re-exported: the CLI and tests import them here
+    DEFAULT_STORAGE,
+    password_of,
+    shown_url,
+    url_without_password,
+)
 
-DEFAULT_STORAGE = "sqlite:///mpsearch.db"
 STORAGE_ENV = "MPSEARCH_STORAGE"  # the command line's --storage, for a URL kept off command lines
 STUDIES_DIR = "mpsearch-studies"
 SPEC_ATTR = "mpsearch_spec"
@@ -53,46 +58,6 @@ def sqlite_path(url: str) -> Path | None:
 
 def _in_memory(url: str) -> bool:
     return url.startswith("sqlite:") and sqlite_path(url) is None
-
-
-def shown_url(url: str | None) -> str:
-    """The URL as messages show it: its password, if any, replaced by ``***``."""
-    url = url or DEFAULT_STORAGE
-    try:
-        import sqlalchemy
-
-        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - not a URL: nothing parseable to hide, but be safe
-        head, at, tail = url.rpartition("@")
-        return f"{head.split(':', 1)[0]}:***@{tail}" if at and "://" in head else url
-
-
-def url_without_password(url: str | None) -> str:
-    """The URL with its password removed (the driver then reads PGPASSWORD or ~/.pgpass)."""
-    url = url or DEFAULT_STORAGE
-    import sqlalchemy
-
-    try:
-        parsed = sqlalchemy.engine.make_url(url)
-    except Exception:  # noqa: BLE001
-        return shown_url(url)
-    if parsed.password is None:
-        return url
-    # URL.set(password=None) keeps the password: None there means "unchanged"
-    return sqlalchemy.engine.URL.create(
-        parsed.drivername, username=parsed.username, host=parsed.host, port=parsed.port,
-        database=parsed.database, query=parsed.query).render_as_string(hide_password=False)
-
-
-def password_of(url: str | None) -> str | None:
-    """The password a URL holds, or None."""
-    import sqlalchemy
-
-    try:
-        secret = sqlalchemy.engine.make_url(url or DEFAULT_STORAGE).password
-    except Exception:  # noqa: BLE001
-        return None
-    return str(secret) if secret else None
 
 
 def open_storage(url: str | None, *, create: bool = False) -> Any:
