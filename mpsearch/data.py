@@ -22,18 +22,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 
+from mpsearch.batching import AUGMENTATIONS  # noqa: F401 - re-exported
+from mpsearch.batching import CROP_PADDING, check_batch_args, crop_flip, stratified_split
 from mpsearch.errors import DatasetError, MpsearchError, PluginError, UnknownNameError
+from mpsearch.image_stats import (  # noqa: F401 - re-exported: dataset plugins import them here
+    channel_histograms,
+    channel_stats,
+    histogram_stats,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from mpsearch.streaming import ImageFiles
 
 SPLITS: tuple[str, ...] = ("train", "test")
-AUGMENTATIONS: tuple[str, ...] = ("crop-flip", "resized-crop-flip")
 #: Augmentations that need each original image, so only the streaming path runs them.
 STREAMED_ONLY: tuple[str, ...] = ("resized-crop-flip",)
-CROP_PADDING = 4
 #: ``[data] streaming = "auto"`` streams a split whose uint8 tensor would exceed this.
 STREAM_ABOVE_BYTES = 4 * 2**30
 
@@ -166,8 +170,6 @@ def check_data(spec: Any, host: Any) -> None:
     except Exception as exc:  # a plugin's bug, told as such
         raise PluginError(f"dataset {name!r} (plugin {host.datasets.entry(name).plugin!r}) failed "
                           f"its check: {type(exc).__name__}: {exc}") from exc
-    from mpsearch.training import check_device
-
     check_device(spec)  # where the data goes
     streaming = getattr(spec.data, "streaming", "auto")
     augment = resolve_augment(spec.data.augment, source)
@@ -185,6 +187,17 @@ def check_data(spec: Any, host: Any) -> None:
             where = f" under {root}" if root is not None else ""
             raise DatasetError(f"{spec.source}: {why} needs a dataset of image files, but "
                                f"{name!r}{where} is not one image per file ({source.layout}).")
+
+
+def check_device(spec: Any) -> None:
+    """Refuse ``[training] device = "cuda"`` on a machine without CUDA, before a study is written.
+
+    Raises:
+        MpsearchError: one line naming the spec and what to set instead.
+    """
+    if spec.training.device == "cuda" and not torch.cuda.is_available():
+        raise MpsearchError(f"{spec.source}: [training] device = \"cuda\", but this machine has no "
+                            f"CUDA device; use \"auto\" or \"cpu\".")
 
 
 def resolve_augment(augment: str | None, source: DatasetSource) -> str | None:
@@ -226,38 +239,6 @@ def open_split(source: DatasetSource, root: Path | None, split: str, *,
             files = replace(files, resize=round(files.size * EVAL_RESIZE_RATIO))
         return with_workers(files, workers)
     return source.load(root, split, **options)
-
-
-def stratified_split(labels: torch.Tensor, num_classes: int, fraction: float, seed: int
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices of a deterministic stratified hold-out (see :meth:`ImageData.split`).
-
-    Returns:
-        ``(rest, held_out)``: sorted int64 indices on the CPU.
-    """
-    if not 0.0 < float(fraction) < 1.0:
-        raise MpsearchError(f"hold-out fraction {fraction!r} must lie strictly between "
-                            f"0 and 1.")
-    labels = labels.cpu()
-    n = len(labels)
-    generator = torch.Generator().manual_seed(int(seed))
-    perm = torch.randperm(n, generator=generator)
-    # A stable sort by label keeps the random order within each class.
-    grouped = perm[torch.sort(labels[perm], stable=True).indices]
-    counts = torch.bincount(labels, minlength=num_classes)
-    take = torch.floor(counts.double() * float(fraction) + 0.5).long()
-    starts = torch.cumsum(counts, 0) - counts
-    rank = torch.arange(n) - starts.repeat_interleave(counts)
-    held = rank < take.repeat_interleave(counts)
-    return grouped[~held].sort().values, grouped[held].sort().values
-
-
-def check_batch_args(batch_size: Any, augment: str | None) -> None:
-    """Reject an unknown augmentation or a batch size that is not a positive integer."""
-    if augment is not None and augment not in AUGMENTATIONS:
-        raise UnknownNameError("augmentation", augment, AUGMENTATIONS)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise MpsearchError(f"batch size {batch_size!r} must be a positive integer.")
 
 
 @dataclass(frozen=True, eq=False)
@@ -403,53 +384,3 @@ class ImageData:
                 # On float: the CPU's indexing kernels are several times slower on uint8.
                 x = crop_flip(x, shifts[start:stop], flips[start:stop])
             yield x.mul_(scale).sub_(offset), y
-
-
-def crop_flip(images: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor,
-              padding: int = CROP_PADDING) -> torch.Tensor:
-    """Crop every image from its zero-padded copy, then maybe mirror it, all batched.
-
-    Args:
-        images: ``(B, C, H, W)``, any dtype.
-        shifts: int64 ``(B, 2)``, the crop's top-left corner (row, column) in the
-            padded image, each in ``[0, 2 * padding]``; ``(padding, padding)``
-            is the original image.
-        flips: bool ``(B,)``, mirror left-right.
-        padding: zeros added on every side before cropping.
-
-    Returns:
-        ``(B, C, H, W)``, same dtype and device as ``images``.
-    """
-    b, _, h, w = images.shape
-    padded = F.pad(images, (padding, padding, padding, padding))
-    # Every possible crop as a view, (B, C, rows, cols, H, W); indexing copies the chosen ones.
-    windows = padded.unfold(2, h, 1).unfold(3, w, 1)
-    crops = windows[torch.arange(b, device=images.device), :, shifts[:, 0], shifts[:, 1]]
-    return torch.where(flips.view(b, 1, 1, 1), crops.flip(3), crops)
-
-
-def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and (population) std of uint8 ``(N, C, H, W)`` images, in [0, 1] units.
-
-    Exact: computed from a 256-bin histogram per channel, in float64.
-    """
-    return histogram_stats(channel_histograms(images))
-
-
-def channel_histograms(images: torch.Tensor) -> torch.Tensor:
-    """Per-channel 256-bin histograms of uint8 ``(N, C, H, W)`` images, int64 ``(C, 256)``."""
-    return torch.stack([torch.bincount(images[:, ch].reshape(-1), minlength=256)
-                        for ch in range(images.shape[1])])
-
-
-def histogram_stats(hist: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Mean and (population) std per channel, in [0, 1] units, from :func:`channel_histograms`."""
-    values = torch.arange(256, dtype=torch.float64, device=hist.device) / 255.0
-    means, stds = [], []
-    for h in hist.double():
-        total = h.sum()
-        mean = (h * values).sum() / total
-        var = (h * values * values).sum() / total - mean * mean
-        means.append(float(mean))
-        stds.append(float(var.clamp_min(0).sqrt()))
-    return tuple(means), tuple(stds)

@@ -9,17 +9,18 @@ digest of every file's path, size and modification time, and loaded back with
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import numpy as np
 import torch
 
 from mpsearch.errors import DatasetError
+from mpsearch.image_decode import decode_image_bytes
+from mpsearch.image_decode import read_image_file  # noqa: F401 - re-exported
+from mpsearch.image_stats import channel_histograms, histogram_stats
 
 #: Suffixes read as images in folders (those of torchvision's ImageFolder, plus GIF).
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".pbm", ".bmp",
@@ -114,7 +115,7 @@ def streamed_stats(files: Any, key: str, limit: int = STATS_IMAGES
                    ) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std of a streamed split's images, through the cache.
 
-    Measured as :func:`mpsearch.data.channel_stats` measures a decoded split, on up
+    Measured as :func:`mpsearch.image_stats.channel_stats` measures a decoded split, on up
     to ``limit`` images (a seeded sample when there are more), so a folder of at most
     ``limit`` images gets exactly the in-memory path's values.
 
@@ -122,7 +123,6 @@ def streamed_stats(files: Any, key: str, limit: int = STATS_IMAGES
         files: an :class:`~mpsearch.streaming.ImageFiles`.
         key: its listing's digest (:attr:`Listing.key`).
     """
-    from mpsearch.data import channel_histograms, histogram_stats
     from mpsearch.streaming import with_workers
 
     where = Path(files.folder).resolve()
@@ -294,49 +294,6 @@ def _decode_files(split_dir: Path, rels: list[str], sizes: list[int], image_size
         raise DatasetError(f"images in {split_dir} have different sizes ({a[1]}x{a[2]} and "
                            f"{b[1]}x{b[2]}); expected {layout}.")
     return torch.stack(out)  # type: ignore[arg-type]
-
-
-def read_image_file(path: Path, layout: str) -> torch.Tensor:
-    """Read and decode one image file to uint8 ``(3, H, W)`` (see :func:`decode_image_bytes`).
-
-    Raises:
-        DatasetError: the file is gone or unreadable, or not an image.
-    """
-    try:
-        with open(path, "rb", buffering=0) as f:
-            data = f.read()
-    except OSError as exc:
-        raise DatasetError(f"{path} cannot be read ({type(exc).__name__}); "
-                           f"expected {layout}.") from None
-    return decode_image_bytes(torch.frombuffer(bytearray(data), dtype=torch.uint8)
-                              if data else torch.empty(0, dtype=torch.uint8), path, layout)
-
-
-def decode_image_bytes(blob: torch.Tensor, path: Path, layout: str) -> torch.Tensor:
-    """Decode one file's bytes to uint8 ``(3, H, W)``: torchvision, else PIL; a GIF's first frame.
-
-    Raises:
-        DatasetError: neither can read it (the message names ``path``).
-    """
-    from torchvision.io import ImageReadMode, decode_image
-
-    try:
-        img = decode_image(blob, mode=ImageReadMode.RGB)
-    except (RuntimeError, ValueError):
-        img = _decode_pil(blob.numpy().tobytes(), path, layout)
-    return img[0] if img.dim() == 4 else img  # animated GIF: its first frame
-
-
-def _decode_pil(data: bytes, path: Path, layout: str) -> torch.Tensor:
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            arr = np.array(im.convert("RGB"))
-    except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad files
-        raise DatasetError(f"{path} is not an image that torchvision or PIL can read "
-                           f"({type(exc).__name__}); expected {layout}.") from None
-    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 
 
 def _square(images: list[torch.Tensor], size: int) -> list[torch.Tensor]:

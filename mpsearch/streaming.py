@@ -37,7 +37,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mpsearch.batching import CROP_PADDING, check_batch_args, crop_flip, stratified_split
 from mpsearch.errors import DatasetError, MpsearchError
+from mpsearch.image_decode import read_image_file
 
 #: ImageNet's evaluation resize for a crop of 224: 256.
 EVAL_RESIZE_RATIO = 256 / 224
@@ -128,8 +130,6 @@ class ImageFiles:
 
     def split(self, fraction: float, seed: int) -> tuple[ImageFiles, ImageFiles]:
         """The hold-out of :meth:`mpsearch.data.ImageData.split`: same labels, same seed, same images."""
-        from mpsearch.data import stratified_split
-
         rest, held = stratified_split(self.labels, self.num_classes, fraction, seed)
         return self.subset(rest), self.subset(held)
 
@@ -147,16 +147,12 @@ class ImageFiles:
         Raises:
             DatasetError: a file is gone, unreadable or not an image (one line naming it).
         """
-        from mpsearch.data import check_batch_args
-
         check_batch_args(batch_size, augment)
         return self._batches(batch_size, shuffle, generator, augment, drop_last)
 
     def _batches(self, batch_size: int, shuffle: bool, generator: torch.Generator | None,
                  augment: str | None, drop_last: bool
                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        from mpsearch.data import CROP_PADDING, crop_flip
-
         n, device = len(self), self.device
         rng = generator.device if generator is not None else torch.device("cpu")
         # The draws of ImageData._batches, in its order; then one seed per image.
@@ -246,8 +242,6 @@ class _Decoder:
 
     def _one(self, i: int, seed: int) -> torch.Tensor:
         from torchvision.transforms.v2 import functional as TF
-
-        from mpsearch.image_folder import read_image_file
 
         path = self.folder / str(self.paths[i])
         img = read_image_file(path, self.layout)

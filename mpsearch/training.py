@@ -41,17 +41,6 @@ def set_autocast(mode: str) -> None:
     _autocast["mode"] = mode
 
 
-def check_device(spec: Any) -> None:
-    """Refuse ``[training] device = "cuda"`` on a machine without CUDA, before a study is written.
-
-    Raises:
-        MpsearchError: one line naming the spec and what to set instead.
-    """
-    if spec.training.device == "cuda" and not torch.cuda.is_available():
-        raise MpsearchError(f"{spec.source}: [training] device = \"cuda\", but this machine has no "
-                            f"CUDA device; use \"auto\" or \"cpu\".")
-
-
 def autocast(device: torch.device) -> torch.autocast:
     """The autocast context for a forward pass on ``device`` (disabled where it does not apply)."""
     mode = _autocast["mode"]
