@@ -298,14 +298,8 @@ def layer_sensitivity(model: nn.Module, profile: ModelProfile,
     Raises:
         MpsearchError: no calibration images, or a width outside 1-32.
     """
-    from mpsearch.quant import quantize_at, quantizers
-
     started = time.perf_counter()
-    widths = sorted({int(b) for b in widths})
-    input_widths = sorted({int(b) for b in input_widths})
-    bad = [b for b in (*widths, *input_widths) if not 1 <= b <= 32]
-    if bad or not widths:
-        raise MpsearchError(f"sensitivity widths must be integers in 1-32, not {bad or widths}.")
+    widths, input_widths = _checked_widths(widths, input_widths)
     if not batches:
         raise MpsearchError("the sensitivity needs at least one calibration image.")
     modules = dict(model.named_modules())
@@ -313,51 +307,94 @@ def layer_sensitivity(model: nn.Module, profile: ModelProfile,
     layers = [modules[layer.name] for layer in profile] if input_widths else []
     estimate = hutchinson_traces(model, batches, weights, layers, tolerance=tolerance,
                                  max_iterations=max_iterations, generator=generator)
-
-    # Q_b is the engine's own quantizer at b bits: a copy of the model quantized
-    # by the family, its quantizers frozen at each width in turn as the host does.
-    quantized = quantize_at(copy.deepcopy(model), profile,
-                            PrecisionAssignment.uniform(profile, 8, 8), quantizer).eval()
-    qs = quantizers(quantized)
-    inputs: dict[str, list[torch.Tensor]] = {}
-    was_training = model.training
-    if input_widths:
-        handles = [modules[layer.name].register_forward_pre_hook(_keeper(inputs, layer.name, detach=True))
-                   for layer in profile]
-        try:
-            with torch.no_grad():
-                model.eval()
-                for x, _ in batches:
-                    model(x)
-        finally:
-            for h in handles:
-                h.remove()
-            model.train(was_training)
+    qs = _deployed_quantizers(model, profile, quantizer)
+    inputs = _layer_inputs(model, profile, batches) if input_widths else {}
     images = sum(len(y) for _, y in batches)
     rows = []
     with torch.no_grad():
         for layer in profile:
             w = weights[layer.weight_group].detach()
             trace = estimate.traces[layer.weight_group]
-            q = qs[layer.weight_group]
-            omega = {}
-            for b in widths:
-                q.set_bits(b)
-                omega[b] = max(trace, 0.0) / w.numel() * float((q(w) - w).square().sum())
-            row = LayerSensitivity(layer.name, w.numel(), trace, omega)
+            row = LayerSensitivity(layer.name, w.numel(), trace,
+                                   _weight_omegas(w, trace, qs[layer.weight_group], widths))
             if input_widths:
-                seen = inputs.get(layer.name, [])
-                q = qs[layer.input_group]
-                n = sum(t.numel() for t in seen)
                 trace = estimate.traces[f"{layer.name}:input"]
-                flat = torch.cat([t.flatten() for t in seen]) if seen else torch.zeros(0)
-                omega = {}
-                for b in input_widths:
-                    q.set_bits(b)
-                    q.calibrate(flat)  # the clip the host's calibration would choose at b bits
-                    error = sum(float((q(t) - t).square().sum()) for t in seen)
-                    omega[b] = max(trace, 0.0) / n * error if n else 0.0
+                n, omega = _input_omegas(inputs.get(layer.name, []), trace, qs[layer.input_group],
+                                         input_widths)
                 row.inputs, row.input_trace, row.input_omega = n, trace, omega
             rows.append(row)
     return SensitivityTable(rows, quantizer, images, estimate.iterations, estimate.converged,
                             float(tolerance), int(max_iterations), time.perf_counter() - started)
+
+
+def _checked_widths(widths: Iterable[int], input_widths: Iterable[int]) -> tuple[list[int], list[int]]:
+    """The weight and input widths, sorted and without repeats.
+
+    Raises:
+        MpsearchError: a width outside 1-32, or no weight width.
+    """
+    widths = sorted({int(b) for b in widths})
+    input_widths = sorted({int(b) for b in input_widths})
+    bad = [b for b in (*widths, *input_widths) if not 1 <= b <= 32]
+    if bad or not widths:
+        raise MpsearchError(f"sensitivity widths must be integers in 1-32, not {bad or widths}.")
+    return widths, input_widths
+
+
+def _deployed_quantizers(model: nn.Module, profile: ModelProfile, quantizer: str) -> dict[str, Any]:
+    """Group -> the quantizer the engine deploys for it, on a copy of ``model`` (``model`` unchanged).
+
+    Q_b is the engine's own quantizer at b bits: a copy of the model quantized
+    by the family, its quantizers frozen at each width in turn as the host does.
+    """
+    from mpsearch.quant import quantize_at, quantizers
+
+    quantized = quantize_at(copy.deepcopy(model), profile,
+                            PrecisionAssignment.uniform(profile, 8, 8), quantizer).eval()
+    return quantizers(quantized)
+
+
+def _layer_inputs(model: nn.Module, profile: ModelProfile,
+                  batches: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, list[torch.Tensor]]:
+    """Layer name -> its inputs over ``batches`` (eval mode, no gradients; the mode is restored)."""
+    modules = dict(model.named_modules())
+    inputs: dict[str, list[torch.Tensor]] = {}
+    was_training = model.training
+    handles = [modules[layer.name].register_forward_pre_hook(_keeper(inputs, layer.name, detach=True))
+               for layer in profile]
+    try:
+        with torch.no_grad():
+            model.eval()
+            for x, _ in batches:
+                model(x)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return inputs
+
+
+def _weight_omegas(w: torch.Tensor, trace: float, q: Any, widths: Sequence[int]) -> dict[int, float]:
+    """Ω(b) of one layer's weights ``w`` at every width, with ``q`` its deployed quantizer."""
+    omega = {}
+    for b in widths:
+        q.set_bits(b)
+        omega[b] = max(trace, 0.0) / w.numel() * float((q(w) - w).square().sum())
+    return omega
+
+
+def _input_omegas(seen: Sequence[torch.Tensor], trace: float, q: Any, widths: Sequence[int]
+                  ) -> tuple[int, dict[int, float]]:
+    """The number of one layer's input values ``seen``, and their Ω(b) at every width.
+
+    ``q`` is the layer's deployed input quantizer, calibrated at each width in turn.
+    """
+    n = sum(t.numel() for t in seen)
+    flat = torch.cat([t.flatten() for t in seen]) if seen else torch.zeros(0)
+    omega = {}
+    for b in widths:
+        q.set_bits(b)
+        q.calibrate(flat)  # the clip the host's calibration would choose at b bits
+        error = sum(float((q(t) - t).square().sum()) for t in seen)
+        omega[b] = max(trace, 0.0) / n * error if n else 0.0
+    return n, omega
