@@ -555,12 +555,12 @@ def _resources_section(r: _Reader, res: Any) -> ResourcesSection:
         gpus_per_trial=_gpus(r, res, dres.gpus_per_trial),
         max_concurrent=r.integer(res, "resources", "max_concurrent", low=1,
                                  default=dres.max_concurrent),
-        executor=_executor(r, res, dres.executor),
+        executor=_executor_name(r, res, dres.executor),
         checkpoint=r.boolean(res, "resources", "checkpoint", dres.checkpoint),
         max_retries=r.integer(res, "resources", "max_retries", default=dres.max_retries))
 
 
-def _executor(r: _Reader, res: Mapping[str, Any], default: str) -> str:
+def _executor_name(r: _Reader, res: Mapping[str, Any], default: str) -> str:
     """``[resources] executor``: one of :data:`EXECUTORS`."""
     return r.choice(res, "resources", "executor", EXECUTORS, default)
 
