@@ -723,7 +723,7 @@ class TrialModel(NamedTuple):
 
 
 def _trial(study: Any, number: int) -> Any:
-    from mpsearch import trial as T
+    from mpsearch import record as R
 
     trials = study.get_trials(deepcopy=False)
     found = [t for t in trials if t.number == number]
@@ -732,7 +732,7 @@ def _trial(study: Any, number: int) -> Any:
         raise MpsearchError(f"study {study.study_name!r} has no trial {number} (trials: {span}).")
     t = found[0]
     if t.state.name != "COMPLETE":
-        reason = t.user_attrs.get(T.ATTR_FAIL)
+        reason = t.user_attrs.get(R.ATTR_FAIL)
         raise MpsearchError(f"trial {number} of study {study.study_name!r} is {t.state.name}"
                             f"{f' ({reason})' if reason else ''}; only a COMPLETE trial has a model to export.")
     return t
@@ -744,9 +744,9 @@ def trial_folder(study: Any, t: Any) -> Path:
     Raises:
         MpsearchError: the trial saved no artefacts, or its packed model is missing.
     """
-    from mpsearch import trial as T
+    from mpsearch import record as R
 
-    folder = t.user_attrs.get(T.ATTR_ARTEFACTS)
+    folder = t.user_attrs.get(R.ATTR_ARTEFACTS)
     name = study.study_name
     if not folder:
         raise MpsearchError(f"trial {t.number} of study {name!r} saved no artefacts (it ran without an "
@@ -763,14 +763,14 @@ def trial_folder(study: Any, t: Any) -> Path:
 def trial_metadata(study: Any, t: Any) -> dict[str, Any]:
     """What the study records about a trial, as ``mpsearch.*`` metadata."""
     from mpsearch import report
-    from mpsearch import trial as T
+    from mpsearch import record as R
 
     names = report.objective_names(study)
     units = report.units(study)
     meta: dict[str, Any] = {"mpsearch.study": study.study_name, "mpsearch.trial": t.number,
-                            "mpsearch.strategy": t.user_attrs.get(T.ATTR_STRATEGY),
-                            "mpsearch.strategy_params": t.user_attrs.get(T.ATTR_PARAMS),
-                            "mpsearch.test_accuracy": t.user_attrs.get(T.ATTR_TEST_ACCURACY)}
+                            "mpsearch.strategy": t.user_attrs.get(R.ATTR_STRATEGY),
+                            "mpsearch.strategy_params": t.user_attrs.get(R.ATTR_PARAMS),
+                            "mpsearch.test_accuracy": t.user_attrs.get(R.ATTR_TEST_ACCURACY)}
     for name, value in zip(names, t.values or ()):
         meta[f"mpsearch.{'validation_accuracy' if name == report.ACCURACY else name}"] = value
         if units.get(name):

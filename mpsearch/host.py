@@ -32,11 +32,11 @@ import pluggy
 
 from mpsearch import hookspecs
 from mpsearch.errors import MpsearchError, PluginError
+from mpsearch.record import ATTR_HOOK_WARNINGS as HOOK_WARNINGS
 from mpsearch.registry import Registry
 
 ENTRY_POINT_GROUP = "mpsearch"
 PIN = "#sha256="  # a plugin file pinned by its content: /path/to/plugin.py#sha256=<hex>
-HOOK_WARNINGS = "hook_warnings"  # trial attribute: lifecycle hooks that raised
 LIFECYCLE_HOOKS = ("on_trial_start", "on_epoch_end", "on_trial_end")
 # objective names a plugin may not register: what every study already records
 RESERVED_OBJECTIVES = {"accuracy": "the validation accuracy every trial records"}

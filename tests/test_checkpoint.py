@@ -7,9 +7,8 @@ import torch
 
 from mpsearch.checkpoint import CheckpointError, load_checkpoint
 from mpsearch.spec import parse_spec
+from mpsearch.record import ATTR_CHECKPOINT_WARNING, ATTR_CHECKPOINTS
 from mpsearch.trial import (
-    ATTR_CHECKPOINT_WARNING,
-    ATTR_CHECKPOINTS,
     checkpoint_folder,
     run_trial,
 )

@@ -199,7 +199,8 @@ def _check_weights(spec, host, address: str | None):
         return spec
     from dataclasses import replace
 
-    from mpsearch.float_start import WeightsError, check_weights, read_state_dict, sha256_file
+    from mpsearch.float_start import check_weights
+    from mpsearch.weights import WeightsError, read_state_dict, sha256_file
 
     if address is None:
         digest = check_weights(spec, host)
