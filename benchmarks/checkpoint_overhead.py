@@ -20,7 +20,8 @@ from pathlib import Path
 from mpsearch.checkpoint import LAST
 from mpsearch.spec import parse_spec
 from mpsearch.record import ATTR_CHECKPOINTS
-from mpsearch.trial import checkpoint_folder, run_trial
+from mpsearch.checkpoint import checkpoint_folder
+from mpsearch.trial import run_trial
 
 PARAMS = {"weight_bits": 4, "act_bits": 4}
 

@@ -57,7 +57,7 @@ DEVICES = ("auto", "cpu", "cuda")
 COMPILE = ("auto", "on", "off")
 AUTOCAST = ("auto", "bf16", "off")
 AUGMENT = ("default", "none", "crop-flip", "resized-crop-flip")
-EXECUTORS = ("ray", "local")
+EXECUTORS = ("ray", "local")  # the built-in executors; plugins may register more
 # "sampler": Optuna chooses the strategy like any parameter; "round-robin": trial n runs
 # strategy n mod k, so every strategy gets its share of the trials (method comparisons).
 STRATEGY_CHOICES = ("sampler", "round-robin")
@@ -512,7 +512,7 @@ def parse_spec(raw: Mapping[str, Any], source: str = "spec", host=None,
         gpus_per_trial=_gpus(r, res, dres.gpus_per_trial),
         max_concurrent=r.integer(res, "resources", "max_concurrent", low=1,
                                  default=dres.max_concurrent),
-        executor=r.choice(res, "resources", "executor", EXECUTORS, dres.executor),
+        executor=_executor(r, res, dres.executor, host),
         checkpoint=r.boolean(res, "resources", "checkpoint", dres.checkpoint),
         max_retries=r.integer(res, "resources", "max_retries", default=dres.max_retries))
 
@@ -567,6 +567,14 @@ def _objectives(r: _Reader, raw: Any, host) -> tuple[Objective, ...]:
         raise SpecError(f"{r.source}: [study] objectives need at least one cost beside accuracy, "
                         f"e.g. \"bitops\", \"size\" or \"memory\".")
     return tuple(out)
+
+
+def _executor(r: _Reader, res: Mapping, default: str, host) -> str:
+    """``[resources] executor``: any name a plugin registered (checked where a host is given)."""
+    name = r.string(res, "resources", "executor", default)
+    if host is not None:
+        _known(r.source, "[resources] executor", name, host, "executors")
+    return name
 
 
 def _known(source: str, where: str, name: str, host, kind: str) -> None:

@@ -25,7 +25,7 @@ from torch import nn
 
 from mpsearch.assignment import PrecisionAssignment
 from mpsearch.backends import Backend
-from mpsearch.checkpoint import CheckpointMismatch, TrialCheckpointer, save_tensors
+from mpsearch.checkpoint import CheckpointMismatch, TrialCheckpointer, checkpoint_folder, save_tensors
 from mpsearch.data import ImageData, open_split, resolve_augment, resolve_root
 from mpsearch.errors import MpsearchError
 from mpsearch.models import model_profile
@@ -372,11 +372,6 @@ def run_trial(spec: StudySpec, number: int, strategy: str, params: Mapping[str, 
     host.trial_ended(spec.name, number, "FAIL" if outcome.failed else "COMPLETE",
                      outcome.values or {}, outcome.attrs)
     return outcome
-
-
-def checkpoint_folder(artefacts: Path, number: int) -> Path:
-    """Where trial ``number`` of a study with artefacts in ``artefacts`` keeps its checkpoints."""
-    return Path(artefacts) / f"trial-{number:05d}" / "checkpoint"
 
 
 def _checkpointer(spec: StudySpec, number: int, strategy: str, params: Mapping[str, Any], host,
