@@ -78,6 +78,7 @@ from mpsearch.errors import MpsearchError
 from mpsearch.quant.integer import (AffineGrid, BinaryGrid, IntegerForm, LevelsGrid, OddGrid, Packed, UniformGrid,
                                     pack_bits)
 from mpsearch.quant.modules import quantize_model, quantized_layers, restore_model
+from mpsearch.record import ATTR_ACT_BITS, ATTR_TEST_ACCURACY, ATTR_WEIGHT_BITS
 
 MAGIC = b"MPQ1"
 FORMAT = "mpsearch-packed"
@@ -806,7 +807,7 @@ def load_trial(study: Any, trial: int, storage: str | None = None, host: Any = N
 
 # -- choosing and exporting a trial ----------------------------------------------------------------
 
-RECORDED = ("test_accuracy", "average_weight_bits", "average_activation_bits")
+RECORDED = (ATTR_TEST_ACCURACY, ATTR_WEIGHT_BITS, ATTR_ACT_BITS)
 _COMPARE = {"<=": lambda a, b: a <= b, ">=": lambda a, b: a >= b, "<": lambda a, b: a < b,
             ">": lambda a, b: a > b, "==": lambda a, b: a == b}
 
@@ -884,7 +885,7 @@ def pick_trial(study: Any, trial: str, where: Sequence[str] = (), by: str | None
         raise MpsearchError(f"no trial on the Pareto front of study {study.study_name!r} has "
                             f"{' and '.join(''.join((n, op, f'{v:g}')) for n, op, v in conditions)} "
                             f"(the front's {len(front)} trial(s) span {shown}).")
-    lower = report.directions(study)[by] == "minimize" if by in names else by != "test_accuracy"
+    lower = report.directions(study)[by] == "minimize" if by in names else by != ATTR_TEST_ACCURACY
     ranked = [t for t in kept if not math.isnan(_value(study, t, by))] or kept
     return min(ranked, key=lambda t: ((1 if lower else -1) * _value(study, t, by), t.number))
 

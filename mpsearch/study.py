@@ -1,4 +1,4 @@
-"""Create, run and resume studies: an Optuna multi-objective study, trials run by Ray Tune or in-process.
+"""Create, run and resume studies: an Optuna multi-objective study, trials run by an executor.
 
 Optuna owns the search over hyperparameters and the record: every trial's
 strategy, hyperparameters, objective values and attributes live in the study's
@@ -136,6 +136,8 @@ def run_study(name: str, storage_url: str | None, host, *, n_trials: int | None 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = load_study(storage_url, name)
     spec = stored_spec(study, host)
+    executor = executor or spec.resources.executor
+    runner = host.executors.get(executor)  # an unknown name fails before anything is written
     study.sampler = make_sampler(spec)
     say = (lambda message: print(message, file=sys.stderr)) if progress else None
     driver = Driver(study, spec.study.n_trials, interval=heartbeat, grace=grace, say=say,
@@ -144,8 +146,6 @@ def run_study(name: str, storage_url: str | None, host, *, n_trials: int | None 
         driver.target = driver.count() + n_trials
     artefacts = claim_study_dir(storage_url, study)  # this study's own; refuses another's
     ensure_float_start(study, spec, host, artefacts, say)
-    executor = executor or spec.resources.executor
-    runner = host.executors.get(executor)
     started, timings = time.time(), {}
     with driver:
         while True:

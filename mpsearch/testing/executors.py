@@ -26,7 +26,6 @@ import math
 import textwrap
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
