@@ -99,8 +99,8 @@ class Executor(abc.ABC):
     @staticmethod
     def resume_from(execution: Execution, trial: Any) -> Path | None:
         """Where a re-queued trial resumes from: the checkpoints of the trial it re-runs."""
-        from mpsearch.record import ATTR_RETRY_OF
         from mpsearch.checkpoint import checkpoint_folder
+        from mpsearch.record import ATTR_RETRY_OF
 
         retry_of = trial.user_attrs.get(ATTR_RETRY_OF)
         return None if retry_of is None else checkpoint_folder(execution.artefacts, int(retry_of))

@@ -58,7 +58,9 @@ def tell(study: Any, trial: Any, objectives: Sequence[str], values: Mapping[str,
             return Told("DROPPED", None)
         for key, value in json_safe(dict(attrs)).items():
             trial.set_user_attr(key, value)
-        from mpsearch.artifacts import register_trial_artefacts  # listed by Optuna Dashboard
+        from mpsearch.artifacts import (
+            register_trial_artefacts,  # listed by Optuna Dashboard
+        )
 
         register_trial_artefacts(study, trial, dict(attrs))
         ordered, reason = checked_values(objectives, values, attrs, reason)
