@@ -19,7 +19,9 @@ from pathlib import Path
 
 from mpsearch.checkpoint import LAST
 from mpsearch.spec import parse_spec
-from mpsearch.trial import ATTR_CHECKPOINTS, checkpoint_folder, run_trial
+from mpsearch.record import ATTR_CHECKPOINTS
+from mpsearch.checkpoint import checkpoint_folder
+from mpsearch.trial import run_trial
 
 PARAMS = {"weight_bits": 4, "act_bits": 4}
 

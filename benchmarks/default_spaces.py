@@ -28,7 +28,8 @@ from pathlib import Path
 
 import optuna
 
-from mpsearch.float_start import FLOAT_START_FILE, make_float_start
+from mpsearch.float_start import make_float_start
+from mpsearch.weights import FLOAT_START_FILE
 from mpsearch.host import PluginHost
 from mpsearch.spec import Param, parse_spec
 from mpsearch.trial import run_trial

@@ -20,7 +20,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from mpsearch.float_start import load_weights
+from mpsearch.weights import load_weights
 from mpsearch.host import PluginHost
 from mpsearch.sensitivity import hutchinson_traces
 

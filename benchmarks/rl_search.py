@@ -35,7 +35,8 @@ import torch
 from mpsearch.float_start import make_float_start
 from mpsearch.host import PluginHost
 from mpsearch.spec import parse_spec
-from mpsearch.trial import ATTR_ACT_BITS, ATTR_FAIL, ATTR_WEIGHT_BITS, run_trial
+from mpsearch.record import ATTR_ACT_BITS, ATTR_FAIL, ATTR_WEIGHT_BITS
+from mpsearch.trial import run_trial
 
 
 def make_spec(strategy: str):

@@ -29,7 +29,7 @@ import os
 import optuna
 
 from mpsearch import report
-from mpsearch import trial as T
+from mpsearch import record as T
 
 
 def _search_seconds(attrs: dict) -> float:

@@ -42,7 +42,7 @@ def register_trial_artefacts(study: Any, trial: Any, attrs: dict[str, Any]) -> l
     from optuna.artifacts import upload_artifact
 
     from mpsearch.optuna_private import study_storage
-    from mpsearch.trial import ATTR_ARTEFACTS
+    from mpsearch.record import ATTR_ARTEFACTS
 
     folder = attrs.get(ATTR_ARTEFACTS)
     if not folder:

@@ -43,6 +43,11 @@ FORMAT = 1
 LAST = "last.pt"
 
 
+def checkpoint_folder(artefacts: Path, number: int) -> Path:
+    """Where trial ``number`` of a study with artefacts in ``artefacts`` keeps its checkpoints."""
+    return Path(artefacts) / f"trial-{number:05d}" / "checkpoint"
+
+
 class CheckpointError(MpsearchError):
     """A checkpoint that cannot be read or does not belong to this trial."""
 

@@ -78,6 +78,7 @@ from mpsearch.errors import MpsearchError
 from mpsearch.quant.integer import (AffineGrid, BinaryGrid, IntegerForm, LevelsGrid, OddGrid, Packed, UniformGrid,
                                     pack_bits)
 from mpsearch.quant.modules import quantize_model, quantized_layers, restore_model
+from mpsearch.record import ATTR_ACT_BITS, ATTR_TEST_ACCURACY, ATTR_WEIGHT_BITS
 
 MAGIC = b"MPQ1"
 FORMAT = "mpsearch-packed"
@@ -723,7 +724,7 @@ class TrialModel(NamedTuple):
 
 
 def _trial(study: Any, number: int) -> Any:
-    from mpsearch import trial as T
+    from mpsearch import record as R
 
     trials = study.get_trials(deepcopy=False)
     found = [t for t in trials if t.number == number]
@@ -732,7 +733,7 @@ def _trial(study: Any, number: int) -> Any:
         raise MpsearchError(f"study {study.study_name!r} has no trial {number} (trials: {span}).")
     t = found[0]
     if t.state.name != "COMPLETE":
-        reason = t.user_attrs.get(T.ATTR_FAIL)
+        reason = t.user_attrs.get(R.ATTR_FAIL)
         raise MpsearchError(f"trial {number} of study {study.study_name!r} is {t.state.name}"
                             f"{f' ({reason})' if reason else ''}; only a COMPLETE trial has a model to export.")
     return t
@@ -744,9 +745,9 @@ def trial_folder(study: Any, t: Any) -> Path:
     Raises:
         MpsearchError: the trial saved no artefacts, or its packed model is missing.
     """
-    from mpsearch import trial as T
+    from mpsearch import record as R
 
-    folder = t.user_attrs.get(T.ATTR_ARTEFACTS)
+    folder = t.user_attrs.get(R.ATTR_ARTEFACTS)
     name = study.study_name
     if not folder:
         raise MpsearchError(f"trial {t.number} of study {name!r} saved no artefacts (it ran without an "
@@ -763,14 +764,14 @@ def trial_folder(study: Any, t: Any) -> Path:
 def trial_metadata(study: Any, t: Any) -> dict[str, Any]:
     """What the study records about a trial, as ``mpsearch.*`` metadata."""
     from mpsearch import report
-    from mpsearch import trial as T
+    from mpsearch import record as R
 
     names = report.objective_names(study)
     units = report.units(study)
     meta: dict[str, Any] = {"mpsearch.study": study.study_name, "mpsearch.trial": t.number,
-                            "mpsearch.strategy": t.user_attrs.get(T.ATTR_STRATEGY),
-                            "mpsearch.strategy_params": t.user_attrs.get(T.ATTR_PARAMS),
-                            "mpsearch.test_accuracy": t.user_attrs.get(T.ATTR_TEST_ACCURACY)}
+                            "mpsearch.strategy": t.user_attrs.get(R.ATTR_STRATEGY),
+                            "mpsearch.strategy_params": t.user_attrs.get(R.ATTR_PARAMS),
+                            "mpsearch.test_accuracy": t.user_attrs.get(R.ATTR_TEST_ACCURACY)}
     for name, value in zip(names, t.values or ()):
         meta[f"mpsearch.{'validation_accuracy' if name == report.ACCURACY else name}"] = value
         if units.get(name):
@@ -806,7 +807,7 @@ def load_trial(study: Any, trial: int, storage: str | None = None, host: Any = N
 
 # -- choosing and exporting a trial ----------------------------------------------------------------
 
-RECORDED = ("test_accuracy", "average_weight_bits", "average_activation_bits")
+RECORDED = (ATTR_TEST_ACCURACY, ATTR_WEIGHT_BITS, ATTR_ACT_BITS)
 _COMPARE = {"<=": lambda a, b: a <= b, ">=": lambda a, b: a >= b, "<": lambda a, b: a < b,
             ">": lambda a, b: a > b, "==": lambda a, b: a == b}
 
@@ -884,7 +885,7 @@ def pick_trial(study: Any, trial: str, where: Sequence[str] = (), by: str | None
         raise MpsearchError(f"no trial on the Pareto front of study {study.study_name!r} has "
                             f"{' and '.join(''.join((n, op, f'{v:g}')) for n, op, v in conditions)} "
                             f"(the front's {len(front)} trial(s) span {shown}).")
-    lower = report.directions(study)[by] == "minimize" if by in names else by != "test_accuracy"
+    lower = report.directions(study)[by] == "minimize" if by in names else by != ATTR_TEST_ACCURACY
     ranked = [t for t in kept if not math.isnan(_value(study, t, by))] or kept
     return min(ranked, key=lambda t: ((1 if lower else -1) * _value(study, t, by), t.number))
 

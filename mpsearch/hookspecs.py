@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from mpsearch.backends import Backend
     from mpsearch.data import DatasetSource
+    from mpsearch.execution.base import Executor
     from mpsearch.models import ModelSpec
     from mpsearch.objectives import Objective
     from mpsearch.strategy import Strategy
@@ -72,6 +73,18 @@ def register_datasets(register: Callable[[str, DatasetSource], None]) -> None:
 
     Call ``register(name, source)`` with an instance of
     :class:`mpsearch.data.DatasetSource`.
+    """
+
+
+@hookspec
+def register_executors(register: Callable[[str, type[Executor]], None]) -> None:
+    """Register executors: where and how a study's trials run (``[resources] executor``,
+    ``--executor``).
+
+    Call ``register(name, ExecutorSubclass)`` once per executor. The class must
+    subclass :class:`mpsearch.execution.base.Executor` and keep the contract its
+    docstring states (check it with :mod:`mpsearch.testing.executors`); it is
+    constructed without arguments, once per run, in the driver's process.
     """
 
 

@@ -32,11 +32,11 @@ import pluggy
 
 from mpsearch import hookspecs
 from mpsearch.errors import MpsearchError, PluginError
+from mpsearch.record import ATTR_HOOK_WARNINGS as HOOK_WARNINGS
 from mpsearch.registry import Registry
 
 ENTRY_POINT_GROUP = "mpsearch"
 PIN = "#sha256="  # a plugin file pinned by its content: /path/to/plugin.py#sha256=<hex>
-HOOK_WARNINGS = "hook_warnings"  # trial attribute: lifecycle hooks that raised
 LIFECYCLE_HOOKS = ("on_trial_start", "on_epoch_end", "on_trial_end")
 # objective names a plugin may not register: what every study already records
 RESERVED_OBJECTIVES = {"accuracy": "the validation accuracy every trial records"}
@@ -72,6 +72,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "mpsearch.plugins.dataset_cifar10",
     "mpsearch.plugins.dataset_imagefolder",
     "mpsearch.plugins.dataset_mnist_mini",
+    "mpsearch.execution.builtin",
 )
 
 
@@ -79,6 +80,13 @@ def _is_strategy(obj: Any) -> bool:
     from mpsearch.strategy import Strategy
 
     return isinstance(obj, type) and issubclass(obj, Strategy)
+
+
+def _is_executor(obj: Any) -> bool:
+    from mpsearch.execution.base import Executor
+
+    return isinstance(obj, type) and issubclass(obj, Executor) and not getattr(
+        obj, "__abstractmethods__", None)
 
 
 def _instance_of(dotted: str) -> Callable[[Any], bool]:
@@ -101,6 +109,8 @@ _KINDS: dict[str, tuple[str, Callable[[Any], bool], str]] = {
                "an instance of mpsearch.models.ModelSpec"),
     "datasets": ("dataset", _instance_of("mpsearch.data.DatasetSource"),
                  "an instance of mpsearch.data.DatasetSource"),
+    "executors": ("executor", _is_executor,
+                  "a subclass of mpsearch.execution.base.Executor that implements run"),
 }
 
 
@@ -126,6 +136,7 @@ class PluginHost:
         self.backends: Registry = Registry(*_KINDS["backends"])
         self.models: Registry = Registry(*_KINDS["models"])
         self.datasets: Registry = Registry(*_KINDS["datasets"])
+        self.executors: Registry = Registry(*_KINDS["executors"])
         self.sources: tuple[str, ...] = ()  # the user plugins, as trials load them (pinned files)
         self._hook_warnings: dict[tuple[str, int], list[str]] = {}
         if builtins:

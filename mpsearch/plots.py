@@ -13,7 +13,7 @@ import numpy as np
 import optuna
 
 from mpsearch import report
-from mpsearch import trial as T
+from mpsearch import record as R
 from mpsearch.errors import MpsearchError
 
 DPI = 120
@@ -59,9 +59,9 @@ def _enqueued(study: optuna.Study) -> dict[int, str]:
     fixed_of = {t.number: t.system_attrs.get("fixed_params") for t in trials}
     for t in trials:
         fixed = fixed_of[t.number]
-        retry_of = t.user_attrs.get("retry_of")  # a re-queued trial is a baseline only if its original was
+        retry_of = t.user_attrs.get(R.ATTR_RETRY_OF)  # a re-queued trial is a baseline only if its original was
         if fixed and (retry_of is None or fixed_of.get(int(retry_of))):
-            strategy = t.user_attrs.get(T.ATTR_STRATEGY) or fixed.get("strategy", "")
+            strategy = t.user_attrs.get(R.ATTR_STRATEGY) or fixed.get("strategy", "")
             params = ", ".join(f"{k.split('.', 1)[-1]}={v}" for k, v in fixed.items() if k != "strategy")
             labels[t.number] = f"{strategy} {params}".strip()
     return labels
@@ -293,8 +293,8 @@ def plot_widths(study: optuna.Study, trial_number: int, path: str | Path) -> Pat
         MpsearchError: no such trial, or the file cannot be written.
     """
     t = _find_trial(study, trial_number)
-    history = [row for row in t.user_attrs.get(T.ATTR_HISTORY) or []
-               if any(k.startswith(T.WIDTHS_PREFIX) for k in row)]
+    history = [row for row in t.user_attrs.get(R.ATTR_HISTORY) or []
+               if any(k.startswith(R.WIDTHS_PREFIX) for k in row)]
     steps = t.user_attrs.get("search_widths")
     steps = steps if isinstance(steps, dict) and steps.get("groups") else None
     if steps is not None and len(history) < 2:
@@ -317,9 +317,9 @@ def plot_widths(study: optuna.Study, trial_number: int, path: str | Path) -> Pat
     for ax, panel in zip(axes[:, 0], panels):
         if panel == "history":
             epochs = [row["epoch"] for row in history]
-            groups = list(dict.fromkeys(k for row in history for k in row if k.startswith(T.WIDTHS_PREFIX)))
+            groups = list(dict.fromkeys(k for row in history for k in row if k.startswith(R.WIDTHS_PREFIX)))
             for key in groups:
-                group = key[len(T.WIDTHS_PREFIX):]
+                group = key[len(R.WIDTHS_PREFIX):]
                 ax.plot(epochs, [row.get(key, np.nan) for row in history], marker="o", markersize=3,
                         label=group, **style(group))
             for i, row in enumerate(history):  # a phase starts: a line and its name
@@ -347,7 +347,7 @@ def plot_widths(study: optuna.Study, trial_number: int, path: str | Path) -> Pat
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, alpha=0.3)
     axes[0][0].legend(fontsize="x-small", ncols=2, loc="best")
-    strategy = t.user_attrs.get(T.ATTR_STRATEGY) or ""
+    strategy = t.user_attrs.get(R.ATTR_STRATEGY) or ""
     fig.suptitle(f"{study.study_name}, trial {trial_number} {strategy}: widths during the search".strip())
     fig.tight_layout()
     return _save(fig, plt, path)
@@ -371,9 +371,9 @@ def artefacts_of(study: optuna.Study, trial_number: int) -> Path:
         MpsearchError: no such trial, or it saved no assignment (failed, or run without artefacts).
     """
     t = _find_trial(study, trial_number)
-    folder = t.user_attrs.get(T.ATTR_ARTEFACTS)
+    folder = t.user_attrs.get(R.ATTR_ARTEFACTS)
     if not folder:
-        why = f" (it failed: {t.user_attrs[T.ATTR_FAIL]})" if t.user_attrs.get(T.ATTR_FAIL) else ""
+        why = f" (it failed: {t.user_attrs[R.ATTR_FAIL]})" if t.user_attrs.get(R.ATTR_FAIL) else ""
         raise MpsearchError(f"trial {trial_number} of study {study.study_name!r} saved no "
                             f"assignment{why}.")
     folder = Path(folder)

@@ -26,7 +26,7 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-from mpsearch import trial as T
+from mpsearch import record as R
 from mpsearch.errors import MpsearchError
 from mpsearch.hypervolume import hypervolume
 from mpsearch.storage import OBJECTIVES_ATTR, SPEC_ATTR, UNITS_ATTR
@@ -40,8 +40,8 @@ FORMATS = {"csv": ".csv", "json": ".json", "parquet": ".parquet"}
 WORST_MARGIN = 0.1  # the fallback reference lies 10% beyond the worst completed cost
 FLOAT_BITS = 32
 
-_ATTR_COLUMNS = (T.ATTR_TEST_ACCURACY, T.ATTR_WEIGHT_BITS, T.ATTR_ACT_BITS, T.ATTR_EPOCHS,
-                 T.ATTR_SECONDS, T.ATTR_SEED)
+_ATTR_COLUMNS = (R.ATTR_TEST_ACCURACY, R.ATTR_WEIGHT_BITS, R.ATTR_ACT_BITS, R.ATTR_EPOCHS,
+                 R.ATTR_SECONDS, R.ATTR_SEED)
 
 
 # -- what the study says about itself -----------------------------------------------------
@@ -73,8 +73,8 @@ def units(study: optuna.Study) -> dict[str, str]:
     found = dict(study.user_attrs.get(UNITS_ATTR) or {})
     if not found:
         for t in study.get_trials(deepcopy=False):
-            if t.user_attrs.get(T.ATTR_UNITS):
-                found = dict(t.user_attrs[T.ATTR_UNITS])
+            if t.user_attrs.get(R.ATTR_UNITS):
+                found = dict(t.user_attrs[R.ATTR_UNITS])
                 break
     return {n: str(found.get(n, "")) for n in cost_names(study)}
 
@@ -84,24 +84,24 @@ def units(study: optuna.Study) -> dict[str, str]:
 
 def _row(t: optuna.trial.FrozenTrial, names: list[str]) -> dict[str, Any]:
     attrs = t.user_attrs
-    strategy = attrs.get(T.ATTR_STRATEGY, t.params.get("strategy"))
+    strategy = attrs.get(R.ATTR_STRATEGY, t.params.get("strategy"))
     values = t.values if t.values is not None and len(t.values) == len(names) else [math.nan] * len(names)
     row: dict[str, Any] = {"number": t.number, "state": t.state.name, "strategy": strategy}
     row.update(zip(names, (float(v) for v in values)))
     row.update({k: attrs.get(k, math.nan) for k in _ATTR_COLUMNS})
-    params = {f"{strategy}.{k}": v for k, v in (attrs.get(T.ATTR_PARAMS) or {}).items()}
+    params = {f"{strategy}.{k}": v for k, v in (attrs.get(R.ATTR_PARAMS) or {}).items()}
     params.update({k: v for k, v in t.params.items() if k != "strategy"})
     row.update(params)
-    row[T.ATTR_ARTEFACTS] = attrs.get(T.ATTR_ARTEFACTS)
-    row[T.ATTR_FAIL] = attrs.get(T.ATTR_FAIL)
+    row[R.ATTR_ARTEFACTS] = attrs.get(R.ATTR_ARTEFACTS)
+    row[R.ATTR_FAIL] = attrs.get(R.ATTR_FAIL)
     return row
 
 
 def _frame(trials: Sequence[optuna.trial.FrozenTrial], names: list[str]) -> pd.DataFrame:
     fixed = ["number", "state", "strategy", *names, *_ATTR_COLUMNS]
     rows = [_row(t, names) for t in trials]
-    params = sorted({k for r in rows for k in r} - set(fixed) - {T.ATTR_ARTEFACTS, T.ATTR_FAIL})
-    frame = pd.DataFrame(rows, columns=[*fixed, *params, T.ATTR_ARTEFACTS, T.ATTR_FAIL])
+    params = sorted({k for r in rows for k in r} - set(fixed) - {R.ATTR_ARTEFACTS, R.ATTR_FAIL})
+    frame = pd.DataFrame(rows, columns=[*fixed, *params, R.ATTR_ARTEFACTS, R.ATTR_FAIL])
     numeric = [*names, *_ATTR_COLUMNS]
     frame[numeric] = frame[numeric].apply(pd.to_numeric, errors="coerce")
     return frame.astype({"number": "int64"})
@@ -126,8 +126,8 @@ def front_frame(study: optuna.Study) -> pd.DataFrame:
 
 def history_frame(study: optuna.Study) -> pd.DataFrame:
     """Per-epoch metrics of every trial that recorded them, long form (one row per epoch)."""
-    rows = [{"number": t.number, "strategy": t.user_attrs.get(T.ATTR_STRATEGY), **h}
-            for t in study.get_trials(deepcopy=False) for h in t.user_attrs.get(T.ATTR_HISTORY) or ()]
+    rows = [{"number": t.number, "strategy": t.user_attrs.get(R.ATTR_STRATEGY), **h}
+            for t in study.get_trials(deepcopy=False) for h in t.user_attrs.get(R.ATTR_HISTORY) or ()]
     return pd.DataFrame(rows, columns=None if rows else ["number", "strategy", "epoch", "phase"])
 
 
@@ -226,7 +226,7 @@ def _float_profile(study: optuna.Study, spec: Any, host: Any):
 
     model = host.models.get(spec.model.name)
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        folder = t.user_attrs.get(T.ATTR_ARTEFACTS)
+        folder = t.user_attrs.get(R.ATTR_ARTEFACTS)
         path = Path(folder) / "assignment.json" if folder else None
         if path is not None and path.is_file():
             saved = PrecisionAssignment.load(path)
@@ -286,11 +286,11 @@ def strategy_summary(study: optuna.Study, reference: Reference | None = None,
             row[f"best_{n}"] = float(best) if len(done) else math.nan
         row["hypervolume"] = hypervolume(_points(own, names), [reference.values[n] for n in names],
                                          [dirs[n] for n in names])
-        row[T.ATTR_EPOCHS] = float(own[T.ATTR_EPOCHS].sum())
-        row[T.ATTR_SECONDS] = float(own[T.ATTR_SECONDS].sum())
+        row[R.ATTR_EPOCHS] = float(own[R.ATTR_EPOCHS].sum())
+        row[R.ATTR_SECONDS] = float(own[R.ATTR_SECONDS].sum())
         rows.append(row)
     columns = ["strategy", "complete", "failed", "running", "on_front", *(f"best_{n}" for n in names),
-               "hypervolume", T.ATTR_EPOCHS, T.ATTR_SECONDS]
+               "hypervolume", R.ATTR_EPOCHS, R.ATTR_SECONDS]
     return pd.DataFrame(rows, columns=columns).set_index("strategy")
 
 
@@ -331,7 +331,7 @@ def export(study: optuna.Study, path: str | Path, format: str | None = None) -> 
         if format == "csv":
             frame.to_csv(path, index=False)
         elif format == "json":
-            records = [{k: _json_safe(v) for k, v in r.items()} for r in frame.to_dict("records")]
+            records = [{k: R.json_safe(v, cell=True) for k, v in r.items()} for r in frame.to_dict("records")]
             path.write_text(json.dumps(records, indent=1, allow_nan=False) + "\n")
         else:
             try:
@@ -342,21 +342,6 @@ def export(study: optuna.Study, path: str | Path, format: str | None = None) -> 
     except OSError as exc:
         raise MpsearchError(f"cannot write {str(path)!r}: {exc.strerror or exc}.") from exc
     return len(frame)
-
-
-def _json_safe(value: Any) -> Any:
-    if hasattr(value, "item") and not isinstance(value, (list, dict, str)):
-        value = value.item()  # numpy scalars
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return None
-    if isinstance(value, (bool, int, float, str)):
-        return value
-    try:
-        if pd.isna(value):
-            return None
-    except (TypeError, ValueError):
-        pass
-    return str(value)
 
 
 def _parquet_safe(frame: pd.DataFrame) -> pd.DataFrame:

@@ -58,7 +58,6 @@ DEVICES = ("auto", "cpu", "cuda")
 COMPILE = ("auto", "on", "off")
 AUTOCAST = ("auto", "bf16", "off")
 AUGMENT = ("default", "none", "crop-flip", "resized-crop-flip")
-EXECUTORS = ("ray", "local")
 # "sampler": Optuna chooses the strategy like any parameter; "round-robin": trial n runs
 # strategy n mod k, so every strategy gets its share of the trials (method comparisons).
 STRATEGY_CHOICES = ("sampler", "round-robin")
@@ -395,7 +394,7 @@ def parse_spec(raw: Mapping[str, Any], source: str = "spec", host=None,
     backend = _backend_name(r, raw.get("backend", {"name": "generic"}), host)
     strategies = _strategy_sections(r, raw.get("strategy"), host)
     _check_post_training(r, training, strategies, host)
-    resources = _resources_section(r, raw.get("resources", {}))
+    resources = _resources_section(r, raw.get("resources", {}), host)
     plugins = _plugin_list(r, raw.get("plugins", []))
     return StudySpec(study=study, model=model, data=data, training=training,
                      strategies=strategies, resources=resources, backend=backend,
@@ -544,7 +543,7 @@ def _check_post_training(r: _Reader, training: TrainingSection,
                                 f">= 1 or drop it.")
 
 
-def _resources_section(r: _Reader, res: Any) -> ResourcesSection:
+def _resources_section(r: _Reader, res: Any, host) -> ResourcesSection:
     """``[resources]`` (optional): what each trial gets, how many run at once, and where."""
     r.is_table(res, "resources")
     dres = ResourcesSection()
@@ -555,14 +554,18 @@ def _resources_section(r: _Reader, res: Any) -> ResourcesSection:
         gpus_per_trial=_gpus(r, res, dres.gpus_per_trial),
         max_concurrent=r.integer(res, "resources", "max_concurrent", low=1,
                                  default=dres.max_concurrent),
-        executor=_executor_name(r, res, dres.executor),
+        executor=_executor_name(r, res, dres.executor, host),
         checkpoint=r.boolean(res, "resources", "checkpoint", dres.checkpoint),
         max_retries=r.integer(res, "resources", "max_retries", default=dres.max_retries))
 
 
-def _executor_name(r: _Reader, res: Mapping[str, Any], default: str) -> str:
-    """``[resources] executor``: one of :data:`EXECUTORS`."""
-    return r.choice(res, "resources", "executor", EXECUTORS, default)
+def _executor_name(r: _Reader, res: Mapping[str, Any], default: str, host) -> str:
+    """``[resources] executor``: any name a plugin registered (checked where a host is given;
+    a Ray worker parses the stored spec without one)."""
+    name = r.string(res, "resources", "executor", default)
+    if host is not None:
+        _known(r.source, "[resources] executor", name, host, "executors")
+    return name
 
 
 def _plugin_list(r: _Reader, plugins: Any) -> tuple[str, ...]:

@@ -17,7 +17,7 @@ Give it in the URL, or leave it out and let the PostgreSQL driver read
 Any SQLAlchemy URL whose driver is installed works. PostgreSQL
 (``postgresql+psycopg://USER[:PASSWORD]@HOST:PORT/DB``, driver from the
 ``postgres`` extra) is the one tested beside SQLite, and the one to use when
-several drivers share a study from different machines (see :mod:`mpsearch.driver`).
+several drivers share a study from different machines (see :mod:`mpsearch.execution.driver`).
 """
 
 from __future__ import annotations

@@ -25,14 +25,33 @@ from torch import nn
 
 from mpsearch.assignment import PrecisionAssignment
 from mpsearch.backends import Backend
-from mpsearch.checkpoint import CheckpointMismatch, TrialCheckpointer, save_tensors
+from mpsearch.checkpoint import CheckpointMismatch, TrialCheckpointer, checkpoint_folder, save_tensors
 from mpsearch.data import ImageData, open_split, resolve_augment, resolve_root
 from mpsearch.errors import MpsearchError
 from mpsearch.models import model_profile
 from mpsearch.objectives import Objective
 from mpsearch.profile import ModelProfile
-from mpsearch.float_start import FLOAT_START_FILE, load_weights
+from mpsearch.weights import FLOAT_START_FILE, load_weights
 from mpsearch.quant import apply_assignment, assignment_from_model
+from mpsearch.record import (
+    ATTR_ACT_BITS,
+    ATTR_ARTEFACTS,
+    ATTR_CHECKPOINTS,
+    ATTR_CHECKPOINT_WARNING,
+    ATTR_EPOCHS,
+    ATTR_FAIL,
+    ATTR_HISTORY,
+    ATTR_PARAMS,
+    ATTR_SECONDS,
+    ATTR_SEED,
+    ATTR_START,
+    ATTR_START_ACCURACY,
+    ATTR_STRATEGY,
+    ATTR_TEST_ACCURACY,
+    ATTR_UNITS,
+    ATTR_WEIGHT_BITS,
+    WIDTHS_PREFIX,
+)
 from mpsearch.spec import StudySpec
 from mpsearch.strategy import START_FLOAT, START_INIT, START_SCRATCH
 from mpsearch.training import (
@@ -44,25 +63,6 @@ from mpsearch.training import (
     steps_per_epoch,
     train_epoch,
 )
-
-# Names of the values and attributes a trial records (Optuna user attributes).
-ATTR_STRATEGY = "strategy"
-ATTR_PARAMS = "strategy_params"
-ATTR_TEST_ACCURACY = "test_accuracy"
-ATTR_WEIGHT_BITS = "average_weight_bits"
-ATTR_ACT_BITS = "average_activation_bits"
-ATTR_EPOCHS = "epochs_trained"
-ATTR_SECONDS = "seconds"
-ATTR_SEED = "seed"
-ATTR_ARTEFACTS = "artefacts"
-ATTR_FAIL = "fail_reason"
-ATTR_UNITS = "units"
-ATTR_HISTORY = "history"
-ATTR_CHECKPOINTS = "checkpoints"
-ATTR_CHECKPOINT_WARNING = "checkpoint_warning"
-ATTR_START = "start"  # where the trial's model started: float-start, scratch or init
-ATTR_START_ACCURACY = "start_accuracy"  # validation accuracy of the float start (NaN without one)
-
 
 def trial_seed(study_seed: int, number: int) -> int:
     """The seed of trial ``number`` of a study seeded ``study_seed``.
@@ -374,11 +374,6 @@ def run_trial(spec: StudySpec, number: int, strategy: str, params: Mapping[str, 
     return outcome
 
 
-def checkpoint_folder(artefacts: Path, number: int) -> Path:
-    """Where trial ``number`` of a study with artefacts in ``artefacts`` keeps its checkpoints."""
-    return Path(artefacts) / f"trial-{number:05d}" / "checkpoint"
-
-
 def _checkpointer(spec: StudySpec, number: int, strategy: str, params: Mapping[str, Any], host,
                   artefacts: Path | None, resume_from: Path | None) -> TrialCheckpointer | None:
     if artefacts is None or not spec.resources.checkpoint:
@@ -506,8 +501,6 @@ def divergence(history: Sequence[Mapping[str, Any]], accuracy: float, val: Image
 
 
 # -- the widths a model runs at, per epoch ---------------------------------------------------
-
-WIDTHS_PREFIX = "bits."  # history keys "bits.<group>": a group's mean width at the end of an epoch
 
 
 @torch.no_grad()

@@ -524,7 +524,7 @@ def orphaned_twice(folder: Path) -> None:
     """Study ``loop``: a point whose driver died twice, and its third run RUNNING, stale."""
     import optuna
 
-    from mpsearch.driver import orphan
+    from mpsearch.execution.driver import orphan
 
     url = fill("{url}", folder)
     host = PluginHost([str(TOY)], entry_points=False)

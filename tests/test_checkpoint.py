@@ -5,14 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mpsearch.checkpoint import CheckpointError, load_checkpoint
+from mpsearch.checkpoint import CheckpointError, checkpoint_folder, load_checkpoint
+from mpsearch.record import ATTR_CHECKPOINT_WARNING, ATTR_CHECKPOINTS
 from mpsearch.spec import parse_spec
-from mpsearch.trial import (
-    ATTR_CHECKPOINT_WARNING,
-    ATTR_CHECKPOINTS,
-    checkpoint_folder,
-    run_trial,
-)
+from mpsearch.trial import run_trial
 
 
 def spec(checkpoint: bool = True, strategy: str = "uniform"):

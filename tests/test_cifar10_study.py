@@ -17,7 +17,8 @@ from mpsearch.assignment import PrecisionAssignment
 from mpsearch.host import PluginHost
 from mpsearch.models import model_profile
 from mpsearch.spec import load_spec, parse_spec
-from mpsearch.study import STRATEGY_PARAM, create_study, define_space, run_study
+from mpsearch.execution.space import STRATEGY_PARAM, define_space
+from mpsearch.study import create_study, run_study
 
 SPEC = Path(__file__).resolve().parents[1] / "studies" / "cifar10-resnet20.toml"
 

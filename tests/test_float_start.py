@@ -17,7 +17,8 @@ from click.testing import CliRunner
 from optuna.trial import TrialState
 
 from mpsearch.cli import cli
-from mpsearch.float_start import CHECKPOINT_DIR, FLOAT_START_ATTR, FLOAT_START_FILE, sha256_file
+from mpsearch.float_start import CHECKPOINT_DIR, FLOAT_START_ATTR
+from mpsearch.weights import FLOAT_START_FILE, sha256_file
 from mpsearch.strategy import START_FLOAT
 
 TOY = Path(__file__).with_name("toy_plugin.py")

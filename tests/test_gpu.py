@@ -104,7 +104,7 @@ def test_gpus_per_trial_is_a_share_of_one_gpu_or_whole_gpus():
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a CUDA device")
 def test_gpus_a_local_ray_runtime_lacks_are_refused_before_it_starts():
-    from mpsearch.ray_executor import run_with_ray
+    from mpsearch.execution.ray_tune import run_with_ray
 
     raw = cuda_spec(device="auto")
     raw["resources"] = {"gpus_per_trial": 0.5, "executor": "ray"}

@@ -157,7 +157,7 @@ def test_plugin_files(tmp_path):
 def test_every_hook_is_documented_and_tested():
     hooks = [n for n, f in inspect.getmembers(hookspecs, inspect.isfunction)
              if n.startswith(("register_", "on_"))]
-    assert len(hooks) == 9
+    assert len(hooks) == 10
     tests_text = "\n".join(p.read_text() for p in TESTS.glob("test_*.py"))
     for name in hooks:
         assert (getattr(hookspecs, name).__doc__ or "").strip(), f"hook {name} has no docstring"
@@ -205,6 +205,44 @@ def test_strategies_and_datasets_register_through_their_hooks(host):
 
     with pytest.raises(PluginError, match="expected a subclass of mpsearch.strategy.Strategy"):
         host.add_plugin(NotAStrategy(), "not-a-strategy")
+
+
+def test_executors_register_through_their_hook_in_a_strict_registry(host):
+    from mpsearch.errors import DuplicateNameError, UnknownNameError
+    from mpsearch.execution import Execution, Executor
+    from mpsearch.execution.local import LocalExecutor
+
+    class Nowhere(Executor):
+        """Runs nothing: a throwaway executor."""
+
+        def run(self, execution: Execution) -> dict[str, float]:
+            return {}
+
+    class Incomplete(Executor):
+        """No run method."""
+
+    class Plugin:
+        def __init__(self, name, obj):
+            self.name, self.obj = name, obj
+
+        @hookimpl
+        def register_executors(self, register):
+            register(self.name, self.obj)
+
+    assert {"local", "ray"} <= set(host.executors.names())
+    assert host.executors.get("local") is LocalExecutor
+    host.add_plugin(Plugin("nowhere", Nowhere), "nowhere")
+    assert host.executors.get("nowhere") is Nowhere and host.executors.entry("nowhere").plugin == "nowhere"
+    host.remove_plugin("nowhere")
+    with pytest.raises(UnknownNameError, match="unknown executor 'locl'. Did you mean 'local'?"):
+        host.executors.get("locl")
+    for obj in (Nowhere(), Incomplete):
+        with pytest.raises(PluginError, match="expected a subclass of mpsearch.execution.base.Executor"):
+            host.add_plugin(Plugin("bad", obj), "bad")
+        host.remove_plugin("bad")
+    with pytest.raises(DuplicateNameError, match="executor 'local' is registered twice"):
+        host.add_plugin(Plugin("local", Nowhere), "twice")
+    host.remove_plugin("twice")
 
 
 def test_a_hook_that_raises_is_a_warning_on_the_trial_and_the_others_still_run(host, recorder):

@@ -17,7 +17,7 @@ from mpsearch.cli import PluginGroup, State
 from mpsearch.cli.study_report import COMMANDS
 from mpsearch.errors import MpsearchError
 from mpsearch.storage import OBJECTIVES_ATTR, UNITS_ATTR, open_storage
-from mpsearch.trial import WIDTHS_PREFIX
+from mpsearch.record import WIDTHS_PREFIX
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -16,7 +16,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from mpsearch.driver import GAVE_UP, ORPHAN, RETRY_OF
+from mpsearch.execution.driver import GAVE_UP, ORPHAN, RETRY_OF
 
 GRACE = ["--heartbeat", "1", "--grace", "3"]  # the killed driver's trials go stale within seconds
 TRUST = "--trust-spec-plugins"  # the study's spec names the toy plugin file

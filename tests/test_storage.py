@@ -18,9 +18,9 @@ from click.testing import CliRunner
 from optuna.trial import TrialState
 
 from mpsearch.cli import cli
-from mpsearch.driver import DRIVER_ATTR, ORPHAN, RETRY_OF, reconcile
+from mpsearch.execution.driver import DRIVER_ATTR, ORPHAN, RETRY_OF, reconcile
 from mpsearch.errors import MpsearchError
-from mpsearch.heartbeat import GRACE_ATTR, Heartbeat, stale_trials
+from mpsearch.execution.heartbeat import GRACE_ATTR, Heartbeat, stale_trials
 from mpsearch.host import PluginHost
 from mpsearch.spec import load_spec
 from mpsearch.storage import load_study, open_storage, study_lock
@@ -212,9 +212,8 @@ def test_a_late_result_waits_for_the_lock_and_is_dropped_whole(storage_url, toy_
     stale: the result waits for the lock, then is dropped. The trial ends FAIL as an orphan,
     with none of the late result's attributes (never COMPLETE with ``orphaned``, never a
     traceback)."""
-    from mpsearch.driver import Driver, orphan
-    from mpsearch.study import record
-    from mpsearch.trial import TrialOutcome
+    from mpsearch.execution.driver import Driver, orphan
+    from mpsearch.execution.tell import tell
 
     spec = load_spec(toy_study_spec("late", n_trials=1), toy_host)
     study = create_study(spec, storage_url, toy_host)
@@ -223,8 +222,10 @@ def test_a_late_result_waits_for_the_lock_and_is_dropped_whole(storage_url, toy_
         assert allowed
         trial = study.ask()
         driver.started(trial)
-    outcome = TrialOutcome({"accuracy": 0.9, "bitops": 0.1}, {"test_accuracy": 0.88})
-    recorder = threading.Thread(target=record, args=(study, trial, spec, outcome, driver))
+    recorder = threading.Thread(target=tell, args=(study, trial, ["accuracy", "bitops"],
+                                                   {"accuracy": 0.9, "bitops": 0.1},
+                                                   {"test_accuracy": 0.88}),
+                                kwargs={"driver": driver})
     with study_lock(study._storage, study._study_id):  # another driver, reconciling
         recorder.start()
         time.sleep(1.0)

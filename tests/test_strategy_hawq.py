@@ -28,7 +28,8 @@ from mpsearch.models import model_profile
 from mpsearch.sensitivity import SensitivityTable
 from mpsearch.spec import Param, SpecError, parse_spec
 from mpsearch.testing.strategies_suite import StrategyTestCase
-from mpsearch.trial import ATTR_FAIL, ATTR_HISTORY, run_trial
+from mpsearch.record import ATTR_FAIL, ATTR_HISTORY
+from mpsearch.trial import run_trial
 
 # Few Hessian passes on few images: the suite's trials take seconds on a CPU.
 QUICK = {"hessian_images": 128, "max_iterations": 3}

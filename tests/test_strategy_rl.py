@@ -33,7 +33,8 @@ from mpsearch.host import PluginHost
 from mpsearch.models import model_profile
 from mpsearch.spec import Param, SpecError, parse_spec
 from mpsearch.testing.strategies_suite import StrategyTestCase, base_spec
-from mpsearch.trial import ATTR_FAIL, run_trial
+from mpsearch.record import ATTR_FAIL
+from mpsearch.trial import run_trial
 
 # Eight episodes, two of them warm-up; rewards on 500 validation images.
 PARAMS = {"budget": 0.3, "episodes": 8, "warmup": 2, "reward_images": 500}

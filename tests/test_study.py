@@ -14,7 +14,7 @@ from mpsearch.cli import cli
 from mpsearch.host import PluginHost
 from mpsearch.spec import load_spec
 from mpsearch.study import create_study, run_study, stored_spec
-from mpsearch.trial import ATTR_WEIGHT_BITS
+from mpsearch.record import ATTR_WEIGHT_BITS
 
 TOY = Path(__file__).with_name("toy_plugin.py")
 

@@ -11,7 +11,8 @@ from mpsearch.assignment import PrecisionAssignment
 from mpsearch.data import ImageData
 from mpsearch.quant import LearnableBits, MinMaxQuantizer, quantize_at, quantize_model
 from mpsearch.testing import tiny_model, tiny_profile
-from mpsearch.trial import CHANCE_SIGMAS, LOSS_BLOWUP, WIDTHS_PREFIX, divergence, width_metrics
+from mpsearch.record import WIDTHS_PREFIX
+from mpsearch.trial import CHANCE_SIGMAS, LOSS_BLOWUP, divergence, width_metrics
 
 
 def labels(counts: list[int]) -> ImageData:
@@ -83,7 +84,8 @@ def test_a_trial_whose_model_collapsed_fails_and_its_history_keeps_the_widths(tm
     from test_study import toy_spec
 
     from mpsearch.spec import load_spec
-    from mpsearch.trial import ATTR_FAIL, ATTR_HISTORY, run_trial
+    from mpsearch.record import ATTR_FAIL, ATTR_HISTORY
+    from mpsearch.trial import run_trial
 
     spec = load_spec(toy_spec(tmp_path), toy_host)
     ok = run_trial(spec, 0, "toy", {"bits": 4, "fraction": 1.0, "behaviour": "ok"})

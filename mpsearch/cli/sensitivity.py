@@ -55,7 +55,7 @@ def sensitivity(state, model: str, dataset: str, root: str | None, weights: str 
 
     from mpsearch.data import resolve_root
     from mpsearch.errors import MpsearchError
-    from mpsearch.float_start import load_weights
+    from mpsearch.weights import load_weights
     from mpsearch.models import model_profile
     from mpsearch.sensitivity import layer_sensitivity
     from mpsearch.trial import pick_device

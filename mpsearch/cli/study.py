@@ -11,8 +11,8 @@ from pathlib import Path
 import click
 
 from mpsearch.errors import MpsearchError
-from mpsearch.heartbeat import DEFAULT_GRACE, DEFAULT_INTERVAL
-from mpsearch.spec import EXECUTORS, SpecError, load_spec
+from mpsearch.execution.heartbeat import DEFAULT_GRACE, DEFAULT_INTERVAL
+from mpsearch.spec import SpecError, load_spec
 from mpsearch.storage import DEFAULT_STORAGE, STORAGE_ENV
 
 STORAGE_HELP = (f"SQLAlchemy URL of the study storage (default: ${STORAGE_ENV}, else the spec's, "
@@ -36,8 +36,9 @@ def _run_options(fn):
     fn = click.option("--quiet", is_flag=True, help="No live progress display.")(fn)
     fn = click.option("--address", default=None, metavar="HOST:PORT",
                       help="Run on an existing Ray cluster ('auto' to find a local one).")(fn)
-    fn = click.option("--executor", type=click.Choice(EXECUTORS), default=None,
-                      help="Ray Tune trials, or in this process one after another "
+    fn = click.option("--executor", default=None, metavar="NAME",
+                      help="Where trials run: 'ray' (Ray Tune trials), 'local' (in this process, "
+                           "one after another) or an executor a plugin registered "
                            "(default: the spec's).")(fn)
     fn = click.option("--n-trials", type=click.IntRange(1), default=None,
                       help="Run this many more trials (default: up to the spec's n_trials).")(fn)
@@ -62,6 +63,7 @@ def create(state, spec_file: str, storage: str | None, no_run: bool, n_trials: i
 
     extra = _spec_plugins(Path(spec_file))
     host = PluginHost(tuple(state.plugins) + extra)
+    _check_executor(host, executor)
     spec = load_spec(spec_file, host)
     # the study records every plugin it was checked with, each file with its sha256
     spec = replace(spec, plugins=host.sources)
@@ -99,6 +101,7 @@ def run(state, name: str, storage: str, trust: bool, n_trials: int | None, execu
     if trust:
         _check_pinned(name, listed)
     host = PluginHost(tuple(state.plugins) + (listed if trust else ()))
+    _check_executor(host, executor)
     try:
         spec = stored_spec(found, host)
     except MpsearchError as exc:
@@ -115,6 +118,17 @@ def run(state, name: str, storage: str, trust: bool, n_trials: int | None, execu
 
     check_unchanged(spec)
     _run(host, name, storage, n_trials, executor, address, quiet, heartbeat, grace, trusted=trust)
+
+
+def _check_executor(host, executor: str | None) -> None:
+    """Refuse an unknown ``--executor`` in one line, before anything is written."""
+    from mpsearch.errors import UnknownNameError
+
+    if executor is not None:
+        try:
+            host.executors.entry(executor)
+        except UnknownNameError as exc:
+            raise MpsearchError(f"--executor: {exc}") from None
 
 
 def _check_pinned(name: str, listed: tuple) -> None:
@@ -199,7 +213,8 @@ def _check_weights(spec, host, address: str | None):
         return spec
     from dataclasses import replace
 
-    from mpsearch.float_start import WeightsError, check_weights, read_state_dict, sha256_file
+    from mpsearch.float_start import check_weights
+    from mpsearch.weights import WeightsError, read_state_dict, sha256_file
 
     if address is None:
         digest = check_weights(spec, host)

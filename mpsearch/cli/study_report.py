@@ -74,12 +74,12 @@ def _params(row: Any, columns: list[str]) -> str:
 
 def _trials_table(study, frame, show_state: bool) -> str:
     from mpsearch import report
-    from mpsearch import trial as T
+    from mpsearch import record as R
 
     unit = report.units(study)
     names = report.objective_names(study)
-    fixed = {"number", "state", "strategy", *names, T.ATTR_TEST_ACCURACY, T.ATTR_WEIGHT_BITS,
-             T.ATTR_ACT_BITS, T.ATTR_EPOCHS, T.ATTR_SECONDS, T.ATTR_SEED, T.ATTR_ARTEFACTS, T.ATTR_FAIL}
+    fixed = {"number", "state", "strategy", *names, R.ATTR_TEST_ACCURACY, R.ATTR_WEIGHT_BITS,
+             R.ATTR_ACT_BITS, R.ATTR_EPOCHS, R.ATTR_SECONDS, R.ATTR_SEED, R.ATTR_ARTEFACTS, R.ATTR_FAIL}
     params = [c for c in frame.columns if c not in fixed]
     out = {"trial": [str(n) for n in frame["number"]]}
     if show_state:
@@ -88,12 +88,12 @@ def _trials_table(study, frame, show_state: bool) -> str:
     for n in names:
         header = f"{n} [{unit[n]}]" if unit.get(n) else n
         out[header] = [(_accuracy if n == report.ACCURACY else _fmt)(v) for v in frame[n]]
-    out["test accuracy"] = [_accuracy(v) for v in frame[T.ATTR_TEST_ACCURACY]]
-    out["weight bits"] = [_fmt(v, 3) for v in frame[T.ATTR_WEIGHT_BITS]]
-    out["act. bits"] = [_fmt(v, 3) for v in frame[T.ATTR_ACT_BITS]]
+    out["test accuracy"] = [_accuracy(v) for v in frame[R.ATTR_TEST_ACCURACY]]
+    out["weight bits"] = [_fmt(v, 3) for v in frame[R.ATTR_WEIGHT_BITS]]
+    out["act. bits"] = [_fmt(v, 3) for v in frame[R.ATTR_ACT_BITS]]
     out["hyperparameters"] = [_params(r, params) for _, r in frame.iterrows()]
     if show_state:
-        out["fail reason"] = ["" if not isinstance(v, str) else v for v in frame[T.ATTR_FAIL]]
+        out["fail reason"] = ["" if not isinstance(v, str) else v for v in frame[R.ATTR_FAIL]]
     return _table(out, left=("state", "strategy", "hyperparameters", "fail reason"))
 
 
@@ -157,7 +157,7 @@ def print_front(study, show_all: bool = False, host=None) -> None:
     if counts is not None and len(counts):
         title += " (" + ", ".join(f"{v} {k.lower()}" for k, v in counts.items()) + ")"
     click.echo(title)
-    from mpsearch import trial as T
+    from mpsearch import record as R
     from mpsearch.float_start import FLOAT_START_ATTR, describe
     from mpsearch.strategy import START_FLOAT
 
@@ -166,7 +166,7 @@ def print_front(study, show_all: bool = False, host=None) -> None:
         from optuna.trial import TrialState
 
         shared = sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                     if t.user_attrs.get(T.ATTR_START) == START_FLOAT)
+                     if t.user_attrs.get(R.ATTR_START) == START_FLOAT)
         click.echo(f"float start: {describe(start, shared)}")
     if len(frame):
         click.echo(_trials_table(study, frame, show_all))

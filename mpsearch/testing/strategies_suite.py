@@ -36,8 +36,9 @@ import pytest
 from mpsearch.assignment import PrecisionAssignment
 from mpsearch.spec import Param, SpecError, StudySpec, parse_spec
 from mpsearch.strategy import START_FLOAT, START_SCRATCH
-from mpsearch.trial import (ATTR_EPOCHS, ATTR_FAIL, ATTR_HISTORY, ATTR_START, ATTR_START_ACCURACY,
-                            ATTR_TEST_ACCURACY, TrialOutcome, run_trial)
+from mpsearch.record import (ATTR_EPOCHS, ATTR_FAIL, ATTR_HISTORY, ATTR_START, ATTR_START_ACCURACY,
+                             ATTR_TEST_ACCURACY)
+from mpsearch.trial import TrialOutcome, run_trial
 
 PREFIX = "conformance"
 

@@ -1,7 +1,7 @@
 """One driver of a study: claiming trials, keeping them alive, and taking over a dead driver's.
 
 A *driver* is a process that runs a study's trials (``mpsearch study run`` or
-``create``, with either executor). Several drivers may run one study at once,
+``create``, with any executor). Several drivers may run one study at once,
 from one machine on SQLite, or from several machines on PostgreSQL. Either way:
 
 - **Counted trials** are COMPLETE trials, trials that FAILed for a reason of their
@@ -13,7 +13,7 @@ from one machine on SQLite, or from several machines on PostgreSQL. Either way:
   heartbeat, before the lock is released. So drivers together claim exactly
   ``n_trials`` counted trials. A queued point (an ``enqueue`` baseline, a re-queued
   orphan) is claimed by one driver only: Optuna pops WAITING trials atomically.
-- **Liveness is a heartbeat** (:mod:`mpsearch.heartbeat`). A driver renews the
+- **Liveness is a heartbeat** (:mod:`mpsearch.execution.heartbeat`). A driver renews the
   heartbeat of every trial it runs every ``interval`` seconds. Before each claim,
   the claiming driver fails the RUNNING trials whose heartbeat is older than their
   grace period: their driver is gone. Each is marked FAIL, with the reason in
@@ -31,7 +31,7 @@ from one machine on SQLite, or from several machines on PostgreSQL. Either way:
   re-queued forever. The last orphan records why (``fail_reason``, ``gave_up =
   true``) and counts as a failed trial.
 - **Writes that decide a trial's fate happen under the study's lock**: recording a
-  result (:func:`mpsearch.study.record`) and failing a stale trial both check that
+  result (:func:`mpsearch.execution.tell.tell`) and failing a stale trial both check that
   the trial is RUNNING and write its attributes and state while holding it. So a
   trial ends either COMPLETE with its driver's record or FAIL as an orphan, never a
   mix.
@@ -51,7 +51,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Self
 
-from mpsearch.heartbeat import (
+from mpsearch.execution.heartbeat import (
     DEFAULT_GRACE,
     DEFAULT_INTERVAL,
     GRACE_ATTR,
@@ -59,14 +59,14 @@ from mpsearch.heartbeat import (
     stale_trials,
 )
 from mpsearch.optuna_private import study_id, study_storage, trial_id
+from mpsearch.record import ATTR_DRIVER_LOST as LOST
+from mpsearch.record import ATTR_FAIL, ATTR_STRATEGY
+from mpsearch.record import ATTR_GAVE_UP as GAVE_UP
+from mpsearch.record import ATTR_ORPHAN as ORPHAN
+from mpsearch.record import ATTR_RETRY_OF as RETRY_OF
+from mpsearch.record import SYSTEM_DRIVER as DRIVER_ATTR
 from mpsearch.storage import study_lock
-from mpsearch.trial import ATTR_FAIL
 
-ORPHAN = "orphaned"
-RETRY_OF = "retry_of"
-GAVE_UP = "gave_up"  # an orphan whose point ran max_retries + 1 times: not re-queued, counted
-LOST = "driver_lost"  # an orphan whose driver died (not one that stopped on Ctrl-C or an error)
-DRIVER_ATTR = "mpsearch:driver"  # system attribute: HOST:PID of the driver that claimed the trial
 DEFAULT_MAX_RETRIES = 2
 
 
@@ -182,11 +182,9 @@ def orphan(study, trial_id: int, reason: str, *,
 
 
 def _requeue(study, trial) -> None:
-    from mpsearch.study import STRATEGY_PARAM
-
     attrs: dict[str, Any] = {RETRY_OF: trial.number}
-    if STRATEGY_PARAM in trial.user_attrs:
-        attrs[STRATEGY_PARAM] = trial.user_attrs[STRATEGY_PARAM]
+    if ATTR_STRATEGY in trial.user_attrs:  # a round-robin trial keeps its strategy
+        attrs[ATTR_STRATEGY] = trial.user_attrs[ATTR_STRATEGY]
     # a queued point claimed but not yet sampled has its parameters only as "fixed_params"
     params = {**trial.system_attrs.get("fixed_params", {}), **trial.params}
     study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=False)

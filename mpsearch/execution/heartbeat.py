@@ -27,9 +27,11 @@ import threading
 from datetime import datetime
 from typing import Any, Self
 
+from mpsearch.record import SYSTEM_GRACE
+
 DEFAULT_INTERVAL = 2.0
 DEFAULT_GRACE = 10.0
-GRACE_ATTR = "mpsearch:grace"
+GRACE_ATTR = SYSTEM_GRACE  # the trial's grace period, stored with it
 
 
 class Heartbeat:
