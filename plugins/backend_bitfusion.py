@@ -73,8 +73,4 @@ def register_backends(register):
 
 @hookimpl
 def register_objectives(register):
-    from mpsearch.plugins.objective_energy import Energy
-    from mpsearch.plugins.objective_latency import Latency
-
-    register("latency@bitfusion", Latency(BitFusionBackend(), "bitfusion"))
-    register("energy@bitfusion", Energy(BitFusionBackend(), "bitfusion"))
+    BitFusionBackend().register_cost_objectives(register, "bitfusion")

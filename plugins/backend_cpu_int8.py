@@ -50,8 +50,4 @@ def register_backends(register):
 
 @hookimpl
 def register_objectives(register):
-    from mpsearch.plugins.objective_energy import Energy
-    from mpsearch.plugins.objective_latency import Latency
-
-    register("latency@cpu-int8", Latency(CpuInt8Backend(), "cpu-int8"))
-    register("energy@cpu-int8", Energy(CpuInt8Backend(), "cpu-int8"))
+    CpuInt8Backend().register_cost_objectives(register, "cpu-int8")

@@ -46,8 +46,4 @@ def register_backends(register):
 
 @hookimpl
 def register_objectives(register):
-    from mpsearch.plugins.objective_energy import Energy
-    from mpsearch.plugins.objective_latency import Latency
-
-    register("latency@generic", Latency(GenericBackend(), "generic"))
-    register("energy@generic", Energy(GenericBackend(), "generic"))
+    GenericBackend().register_cost_objectives(register, "generic")

@@ -56,8 +56,4 @@ def register_backends(register):
 
 @hookimpl
 def register_objectives(register):
-    from mpsearch.plugins.objective_energy import Energy
-    from mpsearch.plugins.objective_latency import Latency
-
-    register("latency@gpu", Latency(GpuBackend(), "gpu"))
-    register("energy@gpu", Energy(GpuBackend(), "gpu"))
+    GpuBackend().register_cost_objectives(register, "gpu")

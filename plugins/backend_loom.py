@@ -66,8 +66,4 @@ def register_backends(register):
 
 @hookimpl
 def register_objectives(register):
-    from mpsearch.plugins.objective_energy import Energy
-    from mpsearch.plugins.objective_latency import Latency
-
-    register("latency@loom", Latency(LoomBackend(), "loom"))
-    register("energy@loom", Energy(LoomBackend(), "loom"))
+    LoomBackend().register_cost_objectives(register, "loom")

@@ -59,8 +59,4 @@ def register_backends(register):
 
 @hookimpl
 def register_objectives(register):
-    from mpsearch.plugins.objective_energy import Energy
-    from mpsearch.plugins.objective_latency import Latency
-
-    register("latency@proteus", Latency(ProteusBackend(), "proteus"))
-    register("energy@proteus", Energy(ProteusBackend(), "proteus"))
+    ProteusBackend().register_cost_objectives(register, "proteus")

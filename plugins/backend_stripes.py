@@ -74,8 +74,4 @@ def register_backends(register):
 
 @hookimpl
 def register_objectives(register):
-    from mpsearch.plugins.objective_energy import Energy
-    from mpsearch.plugins.objective_latency import Latency
-
-    register("latency@stripes", Latency(StripesBackend(), "stripes"))
-    register("energy@stripes", Energy(StripesBackend(), "stripes"))
+    StripesBackend().register_cost_objectives(register, "stripes")
