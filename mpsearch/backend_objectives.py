@@ -2,7 +2,7 @@
 
 ``latency`` and ``energy`` evaluate on the study's backend; a backend plugin registers
 ``latency@<name>`` and ``energy@<name>``, bound to it, with
-:meth:`mpsearch.backends.Backend.register_cost_objectives`.
+:func:`register_cost_objectives`.
 """
 
 from __future__ import annotations
@@ -143,3 +143,14 @@ class Energy(BackendObjective):
             raise MpsearchError(f"objective {self.name!r}: backend {type(self._target(backend)).__name__} "
                                 f"has no energy model (no energy_pj column); choose another backend.")
         return float(costs["energy_pj"].sum() / PJ_PER_UJ)
+
+
+def register_cost_objectives(register, name: str, backend: Backend) -> None:
+    """Register ``latency@<name>`` and ``energy@<name>``: the cost objectives bound to ``backend``.
+
+    A backend plugin's ``register_objectives`` hook calls it with the name its
+    ``register_backends`` gave, so that gradient strategies can optimise the
+    backend's model in fractional widths (see :class:`BackendObjective`).
+    """
+    register(f"latency@{name}", Latency(backend, name))
+    register(f"energy@{name}", Energy(backend, name))

@@ -131,18 +131,6 @@ class Backend(ABC):
                                 f"lack {' and '.join(ENERGY_COLUMNS)}).")
         return float(costs["energy_pj"].sum() / costs["baseline_energy_pj"].sum())
 
-    def register_cost_objectives(self, register, name: str) -> None:
-        """Register ``latency@<name>`` and ``energy@<name>``: the cost objectives bound to this backend.
-
-        A backend plugin's ``register_objectives`` hook calls it with the name its
-        ``register_backends`` gave, so that gradient strategies can optimise the
-        backend's model (see :class:`mpsearch.backend_objectives.BackendObjective`).
-        """
-        from mpsearch.backend_objectives import Energy, Latency
-
-        register(f"latency@{name}", Latency(self, name))
-        register(f"energy@{name}", Energy(self, name))
-
 
 def energy_pj(multiply_pj, accumulates, weight_bits, input_bits, *, accumulate_pj: float = ADD32_PJ):
     """First-order energy of one layer at batch 1, in pJ (floats or tensors alike).

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from mpsearch.backends import MULT_PJ_PER_BIT2, AnalyticBackend, energy_pj
-from mpsearch.hookspecs import hookimpl
+from mpsearch.api import MULT_PJ_PER_BIT2, AnalyticBackend, energy_pj, hookimpl, register_cost_objectives
 
 WIDTHS = (2, 4, 8, 16)
 BRICK_BITS = 2
@@ -73,4 +72,4 @@ def register_backends(register):
 
 @hookimpl
 def register_objectives(register):
-    BitFusionBackend().register_cost_objectives(register, "bitfusion")
+    register_cost_objectives(register, "bitfusion", BitFusionBackend())

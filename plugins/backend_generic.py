@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from mpsearch.backends import MULT_PJ_PER_BIT2, AnalyticBackend, energy_pj
-from mpsearch.hookspecs import hookimpl
+from mpsearch.api import MULT_PJ_PER_BIT2, AnalyticBackend, energy_pj, hookimpl, register_cost_objectives
 
 BASELINE_BITS = 16
 
@@ -46,4 +45,4 @@ def register_backends(register):
 
 @hookimpl
 def register_objectives(register):
-    GenericBackend().register_cost_objectives(register, "generic")
+    register_cost_objectives(register, "generic", GenericBackend())

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from mpsearch.backends import MULT_PJ_PER_BIT2, AnalyticBackend, energy_pj
-from mpsearch.hookspecs import hookimpl
+from mpsearch.api import MULT_PJ_PER_BIT2, AnalyticBackend, energy_pj, hookimpl, register_cost_objectives
 
 BASELINE_BITS = 16
 
@@ -66,4 +65,4 @@ def register_backends(register):
 
 @hookimpl
 def register_objectives(register):
-    LoomBackend().register_cost_objectives(register, "loom")
+    register_cost_objectives(register, "loom", LoomBackend())

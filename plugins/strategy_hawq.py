@@ -12,13 +12,9 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from mpsearch.assignment import MAX_BITS, PrecisionAssignment
-from mpsearch.errors import MpsearchError
-from mpsearch.hookspecs import hookimpl
-from mpsearch.quant import QUANTIZER_FAMILIES, quantize_at
-from mpsearch.sensitivity import layer_sensitivity
-from mpsearch.spec import Param, SpecError, check_integer_params
-from mpsearch.strategy import SearchResult, Strategy
+from mpsearch.api import (MAX_BITS, QUANTIZER_FAMILIES, MpsearchError, Param, PrecisionAssignment,
+                          SearchResult, SpecError, Strategy, check_integer_params, hookimpl,
+                          layer_sensitivity, quantize_at)
 
 REFERENCE_BITS = 8  # a fractional budget is a share of the all-8-bit assignment's cost
 BUDGET_SLACK = 1e-9  # relative to the reference: a cost equal to the budget up to rounding fits
@@ -533,7 +529,7 @@ def calibration_batches(data, images: int, batch_size: int) -> list[tuple[torch.
 
 def _scale_bits(family: str) -> int:
     """The storage the family's weight quantizer needs besides the weights (its scale_bits)."""
-    from mpsearch.quant import DoReFaQuantizer, FixedBits, MinMaxQuantizer
+    from mpsearch.api import DoReFaQuantizer, FixedBits, MinMaxQuantizer
 
     cls = DoReFaQuantizer if family == "dorefa-pact" else MinMaxQuantizer
     return cls(FixedBits(8)).scale_bits()

@@ -4,19 +4,13 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from mpsearch.assignment import MAX_BITS, PrecisionAssignment
-from mpsearch.errors import MpsearchError
-from mpsearch.hookspecs import hookimpl
-from mpsearch.profile import ModelProfile
-from mpsearch.quant import QUANTIZER_FAMILIES, quantize_at
-from mpsearch.spec import Param, SpecError, check_integer_params
-from mpsearch.strategy import SearchResult, Strategy
+from mpsearch.api import (BUDGET_SLACK, Candidate, ModelProfile, MpsearchError, Param, PrecisionAssignment,
+                          SearchResult, Strategy, check_search_space, hookimpl, quantize_at)
 
 REFERENCE_BITS = 8  # the budget is a fraction of the uniform 8-bit assignment's cost
 

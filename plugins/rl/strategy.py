@@ -10,18 +10,13 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from mpsearch.plugins.strategy_random import BUDGET_SLACK, Candidate, check_search_space
 from torch import nn
 
-from mpsearch.assignment import PrecisionAssignment
-from mpsearch.ddpg import DDPG, DDPGConfig
-from mpsearch.errors import MpsearchError
-from mpsearch.hookspecs import hookimpl
-from mpsearch.profile import ModelProfile
-from mpsearch.quant import (CALIBRATIONS, LinearQuantizer, quantize_at, quantized_layers, quantizers,
-                            restore_model)
-from mpsearch.spec import Param, SpecError
-from mpsearch.strategy import SearchResult, Strategy
+from mpsearch.api import (BUDGET_SLACK, CALIBRATIONS, Candidate, LinearQuantizer, ModelProfile, MpsearchError,
+                          Param, PrecisionAssignment, SearchResult, SpecError, Strategy, check_search_space,
+                          hookimpl, quantize_at, quantized_layers, quantizers, restore_model)
+
+from .ddpg import DDPG, DDPGConfig
 
 REWARD_SCALE = 0.1  # λ in HAQ's reward R = λ (acc_quant - acc_origin)
 BUFFER_PER_STEP = 128  # HAQ's replay buffer: 128 transitions per step of an episode
@@ -66,7 +61,7 @@ class RLStrategy(Strategy):
     ``finetune_epochs`` > 0 fine-tunes each candidate first on ``finetune_images``
     of the training split (HAQ's other variant; each then costs a training run).
     Every transition of the episode gets the reward, γ = 1, and the critic's target
-    subtracts a moving-average baseline (:mod:`mpsearch.ddpg`; HAQ took it from AMC).
+    subtracts a moving-average baseline (:mod:`mpsearch.plugins.rl.ddpg`; HAQ took it from AMC).
 
     The trial: ``episodes`` episodes run, the first ``warmup`` of them with uniformly
     random actions; the others act with the actor plus noise drawn from a normal
@@ -102,7 +97,7 @@ class RLStrategy(Strategy):
         calibration: fixed ``"mse"`` (least squared error), or ``"kl"`` (HAQ's
             KL divergence); how the linear quantizer's clips are chosen.
 
-    The agent (HAQ's defaults, :class:`~mpsearch.ddpg.DDPGConfig`): actor and
+    The agent (HAQ's defaults, :class:`~mpsearch.plugins.rl.ddpg.DDPGConfig`): actor and
     critic of 400 and 300 hidden units, Adam at 1e-4 (actor) and 1e-3 (critic),
     τ = 0.01, batches of 64, a buffer of 128 transitions per step, moving-average
     rate 0.5. It runs on the CPU whatever the trial's device, seeded from the
