@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from mpsearch.backends import MULT_PJ_PER_BIT2, AnalyticBackend, energy_pj
-from mpsearch.hookspecs import hookimpl
+from mpsearch.api import MULT_PJ_PER_BIT2, AnalyticBackend, energy_pj, hookimpl, register_cost_objectives
 
 WIDTHS = (2, 4, 8, 16)
 BRICK_BITS = 2
@@ -73,8 +72,4 @@ def register_backends(register):
 
 @hookimpl
 def register_objectives(register):
-    from mpsearch.plugins.objective_energy import Energy
-    from mpsearch.plugins.objective_latency import Latency
-
-    register("latency@bitfusion", Latency(BitFusionBackend(), "bitfusion"))
-    register("energy@bitfusion", Energy(BitFusionBackend(), "bitfusion"))
+    register_cost_objectives(register, "bitfusion", BitFusionBackend())

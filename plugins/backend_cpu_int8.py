@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from mpsearch.backends import FP32_MULT_PJ, WidestOperandBackend
-from mpsearch.hookspecs import hookimpl
+from mpsearch.api import FP32_MULT_PJ, WidestOperandBackend, hookimpl, register_cost_objectives
 
 WIDTHS = (8, 32)
 BASELINE_BITS = 32  # fp32
@@ -50,8 +49,4 @@ def register_backends(register):
 
 @hookimpl
 def register_objectives(register):
-    from mpsearch.plugins.objective_energy import Energy
-    from mpsearch.plugins.objective_latency import Latency
-
-    register("latency@cpu-int8", Latency(CpuInt8Backend(), "cpu-int8"))
-    register("energy@cpu-int8", Energy(CpuInt8Backend(), "cpu-int8"))
+    register_cost_objectives(register, "cpu-int8", CpuInt8Backend())

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from mpsearch.backends import FP16_MULT_PJ, WidestOperandBackend
-from mpsearch.hookspecs import hookimpl
+from mpsearch.api import FP16_MULT_PJ, WidestOperandBackend, hookimpl, register_cost_objectives
 
 WIDTHS = (4, 8, 16)
 BASELINE_BITS = 16  # fp16
@@ -56,8 +55,4 @@ def register_backends(register):
 
 @hookimpl
 def register_objectives(register):
-    from mpsearch.plugins.objective_energy import Energy
-    from mpsearch.plugins.objective_latency import Latency
-
-    register("latency@gpu", Latency(GpuBackend(), "gpu"))
-    register("energy@gpu", Energy(GpuBackend(), "gpu"))
+    register_cost_objectives(register, "gpu", GpuBackend())

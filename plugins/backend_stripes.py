@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from mpsearch.backends import MULT_PJ_PER_BIT2, AnalyticBackend, energy_pj
-from mpsearch.hookspecs import hookimpl
+from mpsearch.api import MULT_PJ_PER_BIT2, AnalyticBackend, energy_pj, hookimpl, register_cost_objectives
 
 BASELINE_BITS = 16  # DaDianNao's fixed-point width, which Stripes keeps for weights and storage
 
@@ -74,8 +73,4 @@ def register_backends(register):
 
 @hookimpl
 def register_objectives(register):
-    from mpsearch.plugins.objective_energy import Energy
-    from mpsearch.plugins.objective_latency import Latency
-
-    register("latency@stripes", Latency(StripesBackend(), "stripes"))
-    register("energy@stripes", Energy(StripesBackend(), "stripes"))
+    register_cost_objectives(register, "stripes", StripesBackend())

@@ -8,11 +8,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from mpsearch.data import DatasetSource, ImageData
-from mpsearch.errors import DatasetError
-from mpsearch.hookspecs import hookimpl
-from mpsearch.image_folder import list_image_folder, read_image_folder
-from mpsearch.streaming import ImageFiles
+from mpsearch.api import (DatasetError, DatasetSource, ImageData, ImageFiles, hookimpl, list_image_folder,
+                          read_image_folder)
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
                    "ship", "truck")

@@ -7,11 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from mpsearch.data import SPLITS, DatasetSource, ImageData, channel_stats
-from mpsearch.errors import DatasetError, MpsearchError
-from mpsearch.hookspecs import hookimpl
-from mpsearch.image_folder import list_image_folder, read_image_folder, streamed_stats
-from mpsearch.streaming import ImageFiles
+from mpsearch.api import (SPLITS, DatasetError, DatasetSource, ImageData, ImageFiles, MpsearchError,
+                          channel_stats, hookimpl, list_image_folder, read_image_folder, streamed_stats)
 
 
 class ImageFolderSource(DatasetSource):

@@ -7,9 +7,7 @@ from typing import Any
 
 import torch
 
-from mpsearch.data import DatasetSource, ImageData
-from mpsearch.errors import DatasetError
-from mpsearch.hookspecs import hookimpl
+from mpsearch.api import DatasetError, DatasetSource, ImageData, hookimpl
 
 MNIST_MEAN = (0.1307,)
 MNIST_STD = (0.3081,)

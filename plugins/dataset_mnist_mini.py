@@ -9,9 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mpsearch.data import DatasetSource, ImageData
-from mpsearch.errors import DatasetError
-from mpsearch.hookspecs import hookimpl
+from mpsearch.api import DatasetError, DatasetSource, ImageData, hookimpl
 
 MNIST_MEAN = (0.1307,)
 MNIST_STD = (0.3081,)

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from mpsearch.errors import MpsearchError
-from mpsearch.hookspecs import hookimpl
-from mpsearch.models import ModelSpec
+from mpsearch.api import ModelSpec, MpsearchError, hookimpl
 
 _KERNEL = 5
 _POOL = 2

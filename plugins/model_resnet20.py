@@ -11,9 +11,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import nn
 
-from mpsearch.errors import MpsearchError
-from mpsearch.hookspecs import hookimpl
-from mpsearch.models import ModelSpec
+from mpsearch.api import ModelSpec, MpsearchError, hookimpl
 
 _STAGES = (16, 32, 64)
 _BLOCKS_PER_STAGE = 3  # n = 3 gives 6n + 2 = 20 layers

@@ -24,9 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mpsearch.errors import MpsearchError
-from mpsearch.hookspecs import hookimpl
-from mpsearch.models import ModelSpec
+from mpsearch.api import ModelSpec, MpsearchError, hookimpl
 
 PREFIX = "torchvision:"
 DEFAULT_INPUT_SHAPE = (3, 224, 224)

@@ -6,8 +6,7 @@ from collections.abc import Mapping
 
 import torch
 
-from mpsearch.hookspecs import hookimpl
-from mpsearch.objectives import BitTensors, Objective, group_sum, weight_bits_total
+from mpsearch.api import BitTensors, Objective, group_sum, hookimpl, weight_bits_total
 
 
 class Footprint(Objective):

@@ -8,17 +8,11 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from mpsearch.assignment import MAX_BITS, PrecisionAssignment
-from mpsearch.errors import MpsearchError, UnknownNameError
-from mpsearch.hookspecs import hookimpl
-from mpsearch.objectives import Objective, group_sum
-from mpsearch.profile import LayerProfile, ModelProfile
-from mpsearch.quant import (GRANULARITIES, FixedBits, LearnableBits, MinMaxQuantizer,
-                            assignment_from_model, bit_parameters, bits_shape, fractional_bits,
-                            freeze_bits, project_bits, quantize_model, quantizers)
-from mpsearch.spec import Param, SpecError
-from mpsearch.strategy import SearchResult, Strategy
-from mpsearch.training import make_schedule, steps_per_epoch
+from mpsearch.api import (GRANULARITIES, MAX_BITS, FixedBits, LayerProfile, LearnableBits, MinMaxQuantizer,
+                          ModelProfile, MpsearchError, Objective, Param, PrecisionAssignment, SearchResult,
+                          SpecError, Strategy, UnknownNameError, assignment_from_model, bit_parameters,
+                          bits_shape, fractional_bits, freeze_bits, group_sum, hookimpl, make_schedule,
+                          project_bits, quantize_model, quantizers, steps_per_epoch)
 
 UNIFORM = "uniform"
 REFERENCE_BITS = 8  # the regulariser is normalised so that an all-8-bit network costs exactly gamma

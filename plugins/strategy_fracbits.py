@@ -9,16 +9,10 @@ from typing import Any, ClassVar
 
 import torch
 
-from mpsearch.assignment import MAX_BITS, Bits, PrecisionAssignment
-from mpsearch.errors import MpsearchError
-from mpsearch.hookspecs import hookimpl
-from mpsearch.objectives import Objective, group_sum
-from mpsearch.profile import LayerProfile, ModelProfile
-from mpsearch.quant import (DoReFaQuantizer, FixedBits, LearnableBits, PACTQuantizer, bit_parameters,
-                            bits_shape, quantize_model, quantizers)
-from mpsearch.spec import Param, SpecError
-from mpsearch.strategy import SearchResult, Strategy, suggest_param
-from mpsearch.training import steps_per_epoch
+from mpsearch.api import (MAX_BITS, Bits, DoReFaQuantizer, FixedBits, LayerProfile, LearnableBits,
+                          ModelProfile, MpsearchError, Objective, PACTQuantizer, Param, PrecisionAssignment,
+                          SearchResult, SpecError, Strategy, bit_parameters, bits_shape, group_sum, hookimpl,
+                          quantize_model, quantizers, steps_per_epoch, suggest_param)
 
 MAX_CANDIDATE_BITS = 8  # the paper's candidate widths end at 8
 REFERENCE_BITS = 8  # target_fraction is a fraction of the cost at 8 bits everywhere

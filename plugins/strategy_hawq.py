@@ -6,19 +6,15 @@ import math
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from mpsearch.assignment import MAX_BITS, PrecisionAssignment
-from mpsearch.errors import MpsearchError
-from mpsearch.hookspecs import hookimpl
-from mpsearch.quant import QUANTIZER_FAMILIES, quantize_at
-from mpsearch.sensitivity import layer_sensitivity
-from mpsearch.spec import Param, SpecError, check_integer_params
-from mpsearch.strategy import SearchResult, Strategy
+from mpsearch.api import (MAX_BITS, QUANTIZER_FAMILIES, MpsearchError, Param, PrecisionAssignment,
+                          SearchResult, SpecError, Strategy, check_integer_params, hookimpl,
+                          layer_sensitivity, quantize_at)
 
 REFERENCE_BITS = 8  # a fractional budget is a share of the all-8-bit assignment's cost
 BUDGET_SLACK = 1e-9  # relative to the reference: a cost equal to the budget up to rounding fits
@@ -99,47 +95,104 @@ def solve_ilp(omega: Sequence[Sequence[float]], costs: Sequence[Sequence[Sequenc
     Raises:
         InfeasibleBudget: no choice meets every limit (or every one ``fits`` rejected).
     """
-    from scipy.optimize import Bounds, LinearConstraint, milp
+    problem = IlpProblem.build(omega, costs, limits, scales)
+    for _ in range(max_cuts + 1):
+        x = problem.solve(problem.c, [])
+        if x is None:
+            raise InfeasibleBudget("the ILP has no solution")
+        choice = problem.choice_of(x)
+        if tie_break and problem.rows:
+            least = float(sum(problem.c[s + j] for s, j in zip(problem.starts, choice)))
+            again = problem.solve(problem.rows[0], [(problem.c, least + 1e-6 + 1e-12 * least)])
+            if again is not None:
+                choice = problem.choice_of(again)
+        if problem.meets_limits(choice) and (fits is None or fits(choice)):
+            picked = problem.picked(choice)
+            return IlpSolution(choice, float(problem.flat_omega[picked].sum()), problem.solves,
+                               len(problem.cuts))
+        cut = np.zeros(problem.n)
+        cut[problem.picked(choice)] = 1.0
+        problem.cuts.append(cut)
+    raise InfeasibleBudget(f"the ILP's solutions broke a budget {max_cuts + 1} times when their real "
+                           f"cost was measured (an objective far from additive over layers)")
 
-    sizes = [len(o) for o in omega]
-    if not sizes or min(sizes) < 1:
-        raise MpsearchError("the ILP needs at least one option for every layer.")
-    n, layers = sum(sizes), len(sizes)
-    starts = np.cumsum([0, *sizes])[:-1]
-    flat_omega = np.concatenate([np.asarray(o, dtype=np.float64) for o in omega])
-    if not np.all(np.isfinite(flat_omega)):
-        raise MpsearchError("the sensitivities given to the ILP are not all finite.")
-    # Ω shifted to 0 at each layer's least option (one option per layer: the argmin is
-    # unchanged) and scaled to at most 1e6, so that HiGHS's absolute gap (1e-6) is
-    # negligible against every difference that matters.
-    shifted = np.concatenate([np.asarray(o, dtype=np.float64) - np.min(o) for o in omega])
-    top = float(shifted.max())
-    c = shifted * (1e6 / top) if top > 0 else shifted
-    scales = list(scales) if scales is not None else [1.0] * len(limits)
-    rows, uppers, cost_rows = [], [], []
-    for k, (per_layer, limit) in enumerate(zip(costs, limits)):
-        scale = abs(float(scales[k])) or 1.0
-        row = np.concatenate([np.asarray(v, dtype=np.float64) for v in per_layer]) / scale
-        cost_rows.append(row * scale)
-        rows.append(row)
-        uppers.append(float(limit) / scale + BUDGET_SLACK)
-    one_hot = np.zeros((layers, n))
-    for l, (s, size) in enumerate(zip(starts, sizes)):
-        one_hot[l, s:s + size] = 1.0
-    cuts: list[np.ndarray] = []
-    solves = 0
 
-    def solve(objective: np.ndarray, extra: list[tuple[np.ndarray, float]]) -> np.ndarray | None:
-        nonlocal solves
-        solves += 1
-        constraints = [LinearConstraint(one_hot, 1.0, 1.0)]
-        if rows:
-            constraints.append(LinearConstraint(np.vstack(rows), -np.inf, np.asarray(uppers)))
+@dataclass
+class IlpProblem:
+    """:func:`solve_ilp`'s MILP in one-hot variables: Ω normalised, the budgets' rows scaled,
+    and the cuts added so far; :meth:`solve` runs HiGHS on it."""
+
+    sizes: list[int]
+    starts: np.ndarray
+    flat_omega: np.ndarray
+    c: np.ndarray  # Ω, normalised: what the MILP minimises
+    rows: list[np.ndarray]  # per budget, its costs over its scale
+    uppers: list[float]
+    cost_rows: list[np.ndarray]  # per budget, its costs as given
+    limits: list[float]
+    scales: list[float]
+    one_hot: np.ndarray
+    cuts: list[np.ndarray] = field(default_factory=list)
+    solves: int = 0
+
+    @property
+    def n(self) -> int:
+        return int(sum(self.sizes))
+
+    @classmethod
+    def build(cls, omega: Sequence[Sequence[float]], costs: Sequence[Sequence[Sequence[float]]],
+              limits: Sequence[float], scales: Sequence[float] | None) -> IlpProblem:
+        """The problem, checked: an option for every layer, and finite sensitivities.
+
+        Raises:
+            MpsearchError: a layer without options, or a sensitivity that is not finite.
+        """
+        sizes = [len(o) for o in omega]
+        if not sizes or min(sizes) < 1:
+            raise MpsearchError("the ILP needs at least one option for every layer.")
+        n, layers = sum(sizes), len(sizes)
+        starts = np.cumsum([0, *sizes])[:-1]
+        flat_omega = np.concatenate([np.asarray(o, dtype=np.float64) for o in omega])
+        if not np.all(np.isfinite(flat_omega)):
+            raise MpsearchError("the sensitivities given to the ILP are not all finite.")
+        # Ω shifted to 0 at each layer's least option (one option per layer: the argmin is
+        # unchanged) and scaled to at most 1e6, so that HiGHS's absolute gap (1e-6) is
+        # negligible against every difference that matters.
+        shifted = np.concatenate([np.asarray(o, dtype=np.float64) - np.min(o) for o in omega])
+        top = float(shifted.max())
+        c = shifted * (1e6 / top) if top > 0 else shifted
+        scales = list(scales) if scales is not None else [1.0] * len(limits)
+        rows, uppers, cost_rows = [], [], []
+        for k, (per_layer, limit) in enumerate(zip(costs, limits)):
+            scale = abs(float(scales[k])) or 1.0
+            row = np.concatenate([np.asarray(v, dtype=np.float64) for v in per_layer]) / scale
+            cost_rows.append(row * scale)
+            rows.append(row)
+            uppers.append(float(limit) / scale + BUDGET_SLACK)
+        one_hot = np.zeros((layers, n))
+        for l, (s, size) in enumerate(zip(starts, sizes)):
+            one_hot[l, s:s + size] = 1.0
+        return cls(sizes, starts, flat_omega, c, rows, uppers, cost_rows, list(limits), scales, one_hot)
+
+    def solve(self, objective: np.ndarray, extra: list[tuple[np.ndarray, float]]) -> np.ndarray | None:
+        """HiGHS's solution minimising ``objective`` (with ``extra`` rows ``row @ x <= upper``),
+        or None where there is none.
+
+        Raises:
+            MpsearchError: the solver stopped without a solution for another reason.
+        """
+        from scipy.optimize import Bounds, LinearConstraint, milp
+
+        self.solves += 1
+        layers = len(self.sizes)
+        constraints = [LinearConstraint(self.one_hot, 1.0, 1.0)]
+        if self.rows:
+            constraints.append(LinearConstraint(np.vstack(self.rows), -np.inf, np.asarray(self.uppers)))
         for row, upper in extra:
             constraints.append(LinearConstraint(row[None, :], -np.inf, upper))
-        for cut in cuts:
+        for cut in self.cuts:
             constraints.append(LinearConstraint(cut[None, :], -np.inf, layers - 1))
-        result = milp(objective, constraints=constraints, integrality=np.ones(n),
+        result = milp(objective, constraints=constraints, integrality=np.ones(self.n),
                       bounds=Bounds(0, 1), options={"mip_rel_gap": 0.0})
         if result.status == 2:  # infeasible
             return None
@@ -147,32 +200,19 @@ def solve_ilp(omega: Sequence[Sequence[float]], costs: Sequence[Sequence[Sequenc
             raise MpsearchError(f"the ILP solver stopped without a solution: {result.message}")
         return result.x
 
-    def choice_of(x: np.ndarray) -> list[int]:
-        return [int(np.argmax(x[s:s + size])) for s, size in zip(starts, sizes)]
+    def choice_of(self, x: np.ndarray) -> list[int]:
+        """Each layer's option in the one-hot solution ``x``."""
+        return [int(np.argmax(x[s:s + size])) for s, size in zip(self.starts, self.sizes)]
 
-    def meets_limits(choice: list[int]) -> bool:
-        picked = np.array([s + j for s, j in zip(starts, choice)])
-        return all(float(row[picked].sum()) <= float(limit) + BUDGET_SLACK * (abs(float(scales[k])) or 1.0)
-                   for k, (row, limit) in enumerate(zip(cost_rows, limits)))
+    def picked(self, choice: list[int]) -> list[int]:
+        """The one-hot variables that ``choice`` sets."""
+        return [s + j for s, j in zip(self.starts, choice)]
 
-    for _ in range(max_cuts + 1):
-        x = solve(c, [])
-        if x is None:
-            raise InfeasibleBudget("the ILP has no solution")
-        choice = choice_of(x)
-        if tie_break and rows:
-            least = float(sum(c[s + j] for s, j in zip(starts, choice)))
-            again = solve(rows[0], [(c, least + 1e-6 + 1e-12 * least)])
-            if again is not None:
-                choice = choice_of(again)
-        if meets_limits(choice) and (fits is None or fits(choice)):
-            picked = [s + j for s, j in zip(starts, choice)]
-            return IlpSolution(choice, float(flat_omega[picked].sum()), solves, len(cuts))
-        cut = np.zeros(n)
-        cut[[s + j for s, j in zip(starts, choice)]] = 1.0
-        cuts.append(cut)
-    raise InfeasibleBudget(f"the ILP's solutions broke a budget {max_cuts + 1} times when their real "
-                           f"cost was measured (an objective far from additive over layers)")
+    def meets_limits(self, choice: list[int]) -> bool:
+        """Whether ``choice``'s costs, as given, meet every limit to the slack of its scale."""
+        picked = np.array(self.picked(choice))
+        return all(float(row[picked].sum()) <= float(limit) + BUDGET_SLACK * (abs(float(scale)) or 1.0)
+                   for row, limit, scale in zip(self.cost_rows, self.limits, self.scales))
 
 
 @dataclass
@@ -533,7 +573,7 @@ def calibration_batches(data, images: int, batch_size: int) -> list[tuple[torch.
 
 def _scale_bits(family: str) -> int:
     """The storage the family's weight quantizer needs besides the weights (its scale_bits)."""
-    from mpsearch.quant import DoReFaQuantizer, FixedBits, MinMaxQuantizer
+    from mpsearch.api import DoReFaQuantizer, FixedBits, MinMaxQuantizer
 
     cls = DoReFaQuantizer if family == "dorefa-pact" else MinMaxQuantizer
     return cls(FixedBits(8)).scale_bits()

@@ -5,12 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from mpsearch.assignment import MAX_BITS, PrecisionAssignment
-from mpsearch.errors import MpsearchError
-from mpsearch.hookspecs import hookimpl
-from mpsearch.quant import QUANTIZER_FAMILIES, quantize_at
-from mpsearch.spec import Param, SpecError
-from mpsearch.strategy import SearchResult, Strategy, suggest_param
+from mpsearch.api import (MAX_BITS, QUANTIZER_FAMILIES, MpsearchError, Param, PrecisionAssignment,
+                          SearchResult, SpecError, Strategy, hookimpl, quantize_at, suggest_param)
 
 WIDTHS = (2, 3, 4, 5, 6, 8)
 SEPARATE = ("weight_bits", "act_bits")

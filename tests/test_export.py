@@ -15,10 +15,11 @@ from mpsearch.errors import MpsearchError
 from mpsearch.export import (layer_forms, load_packed, read_packed, save_onnx, save_packed, to_onnx)
 from mpsearch.host import PluginHost
 from mpsearch.models import model_profile
-from mpsearch.quant import (DoReFaQuantizer, FixedBits, MinMaxQuantizer, PACTQuantizer, SmolPACTQuantizer,
-                            SmolWeightQuantizer, assignment_from_model, freeze_bits, quantize_at, quantize_model)
-from mpsearch.quant.alq import ALQWeightQuantizer, MultiBitActivationQuantizer, choose_grouping
-from mpsearch.quant.fixedpoint import FixedPoint, FixedPointQuantizer
+from mpsearch.plugins.adapt.fixedpoint import FixedPoint, FixedPointQuantizer
+from mpsearch.plugins.alq.quantizers import ALQWeightQuantizer, MultiBitActivationQuantizer, choose_grouping
+from mpsearch.plugins.smol.quantizers import SmolPACTQuantizer, SmolWeightQuantizer
+from mpsearch.quant import (DoReFaQuantizer, FixedBits, MinMaxQuantizer, PACTQuantizer, assignment_from_model,
+                            freeze_bits, quantize_at, quantize_model)
 from mpsearch.quant.integer import AffineGrid
 from mpsearch.quant.quantizers import Quantizer
 from mpsearch.testing import TINY_INPUT, tiny_model, tiny_profile

@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from mpsearch.errors import MpsearchError
-from mpsearch.quant import (DoReFaQuantizer, FixedBits, LearnableBits, MinMaxQuantizer, PACTQuantizer,
-                            SmolPACTQuantizer, SmolWeightQuantizer)
-from mpsearch.quant.alq import ALQWeightQuantizer, Grouping, MultiBitActivationQuantizer, choose_grouping
-from mpsearch.quant.fixedpoint import FixedPoint, FixedPointQuantizer
+from mpsearch.plugins.adapt.fixedpoint import FixedPoint, FixedPointQuantizer
+from mpsearch.plugins.alq.quantizers import (ALQWeightQuantizer, Grouping, MultiBitActivationQuantizer,
+                                             choose_grouping)
+from mpsearch.plugins.smol.quantizers import SmolPACTQuantizer, SmolWeightQuantizer
+from mpsearch.quant import DoReFaQuantizer, FixedBits, LearnableBits, MinMaxQuantizer, PACTQuantizer
 from mpsearch.quant.integer import (AffineGrid, LevelsGrid, OddGrid, Packed, UniformGrid, pack_bits, unpack_bits)
 from mpsearch.testing.quantizers import check_integer_form, round_trip
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from mpsearch.plugins.objective_adapt import (
+from mpsearch.plugins.adapt.objective import (
     InferenceSpeedup,
     LayerStep,
     SizeRatio,

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from mpsearch.quant import (FixedBits, PACTQuantizer, assignment_from_model, fractional_bits,
                             freeze_bits, quantize_model, quantizers)
-from mpsearch.quant.smol import (NoiseBits, SmolPACTQuantizer, SmolWeightQuantizer, initial_s,
+from mpsearch.plugins.smol.quantizers import (NoiseBits, SmolPACTQuantizer, SmolWeightQuantizer, initial_s,
                                  noise_parameters, precision, smol_levels, smol_quantize,
                                  zero_precision)
 from mpsearch.testing import TINY_INPUT, tiny_model, tiny_profile

@@ -8,13 +8,13 @@ import math
 
 import pytest
 import torch
-from mpsearch.plugins.objective_adapt import InferenceSpeedup, SizeRatio
-from mpsearch.plugins.strategy_adapt import AdaptStrategy
+from mpsearch.plugins.adapt.objective import InferenceSpeedup, SizeRatio
+from mpsearch.plugins.adapt.strategy import AdaptStrategy
 
 from mpsearch.host import PluginHost
 from mpsearch.models import model_profile
 from mpsearch.quant import apply_assignment, quantize_model, quantized_layers
-from mpsearch.quant.fixedpoint import (
+from mpsearch.plugins.adapt.fixedpoint import (
     FixedPoint,
     FixedPointQuantizer,
     adapt_lookback,

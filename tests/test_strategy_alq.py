@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from mpsearch.plugins.strategy_alq import (
+from mpsearch.plugins.alq.strategy import (
     MIN_PRUNE_BATCHES,
     ALQStrategy,
     _ALQSteps,
@@ -22,7 +22,7 @@ from mpsearch.assignment import PrecisionAssignment
 from mpsearch.host import PluginHost
 from mpsearch.models import model_profile
 from mpsearch.quant import apply_assignment, assignment_from_model
-from mpsearch.quant.alq import (
+from mpsearch.plugins.alq.quantizers import (
     ALQWeightQuantizer,
     AMSGradState,
     Grouping,

@@ -14,7 +14,8 @@ from mpsearch.backends import Backend
 from mpsearch.errors import MpsearchError
 from mpsearch.host import PluginHost
 from mpsearch.models import model_profile
-from mpsearch.plugins.strategy_random import BUDGET_SLACK, RandomStrategy, sample_under_budget
+from mpsearch.api import BUDGET_SLACK
+from mpsearch.plugins.strategy_random import RandomStrategy, sample_under_budget
 from mpsearch.spec import Param, SpecError
 from mpsearch.testing.strategies_suite import StrategyTestCase
 

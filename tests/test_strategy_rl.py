@@ -10,8 +10,8 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from mpsearch.plugins.strategy_random import BUDGET_SLACK
-from mpsearch.plugins.strategy_rl import (
+from mpsearch.api import BUDGET_SLACK
+from mpsearch.plugins.rl.strategy import (
     GREEDY_CHECKS,
     REWARD_SCALE,
     RLStrategy,
@@ -27,7 +27,7 @@ from mpsearch.plugins.strategy_rl import (
 
 from mpsearch.assignment import PrecisionAssignment
 from mpsearch.backends import Backend
-from mpsearch.ddpg import DDPG, DDPGConfig, truncated_normal
+from mpsearch.plugins.rl.ddpg import DDPG, DDPGConfig, truncated_normal
 from mpsearch.errors import MpsearchError
 from mpsearch.host import PluginHost
 from mpsearch.models import model_profile

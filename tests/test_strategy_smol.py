@@ -10,7 +10,7 @@ import pytest
 
 from mpsearch.host import PluginHost
 from mpsearch.models import model_profile
-from mpsearch.plugins.strategy_smol import (SmolStrategy, attach_smol, noise_learning_rate, settle,
+from mpsearch.plugins.smol.strategy import (SmolStrategy, attach_smol, noise_learning_rate, settle,
                                             total_noise_bits)
 from mpsearch.quant import apply_assignment, assignment_from_model, quantizers
 from mpsearch.spec import Param, SpecError, parse_spec

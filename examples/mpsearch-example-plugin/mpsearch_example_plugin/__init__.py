@@ -11,9 +11,7 @@ import math
 
 from torch import nn
 
-from mpsearch.hookspecs import hookimpl
-from mpsearch.models import ModelSpec
-from mpsearch.objectives import Objective, weight_bits_total
+from mpsearch.api import ModelSpec, Objective, hookimpl, weight_bits_total
 
 DISTRIBUTION = "mpsearch-example-plugin"
 

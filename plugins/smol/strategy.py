@@ -10,18 +10,11 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from mpsearch.assignment import PrecisionAssignment
-from mpsearch.errors import MpsearchError
-from mpsearch.hookspecs import hookimpl
-from mpsearch.objectives import group_sum
-from mpsearch.profile import ModelProfile
-from mpsearch.quant import (apply_assignment, assignment_from_model, fractional_bits, freeze_bits,
-                            quantize_model, quantized_layers, quantizers)
-from mpsearch.quant.smol import (MAX_P_INIT, SmolPACTQuantizer, SmolWeightQuantizer,
-                                 noise_parameters, smol_quantizers)
-from mpsearch.spec import Param, SpecError
-from mpsearch.strategy import SearchResult, Strategy
-from mpsearch.training import steps_per_epoch
+from mpsearch.api import (ModelProfile, MpsearchError, Param, PrecisionAssignment, SearchResult, SpecError,
+                          Strategy, apply_assignment, assignment_from_model, fractional_bits, freeze_bits,
+                          group_sum, hookimpl, quantize_model, quantized_layers, quantizers, steps_per_epoch)
+
+from .quantizers import MAX_P_INIT, SmolPACTQuantizer, SmolWeightQuantizer, noise_parameters, smol_quantizers
 
 GRANULARITIES = ("parameter", "kernel", "pixel", "channel", "layer")
 ACTIVATIONS = ("smol", "float")

@@ -10,21 +10,12 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from mpsearch.assignment import MAX_BITS, PrecisionAssignment
-from mpsearch.errors import MpsearchError
-from mpsearch.hookspecs import hookimpl
-from mpsearch.profile import ModelProfile
-from mpsearch.quant import assignment_from_model, quantize_model, quantized_layers
-from mpsearch.quant.alq import (
-    CONV_STRUCTURES,
-    ALQWeightQuantizer,
-    MultiBitActivationQuantizer,
-    choose_grouping,
-    select_for_pruning,
-)
-from mpsearch.spec import Param, SpecError
-from mpsearch.strategy import SearchResult, Strategy
-from mpsearch.training import steps_per_epoch, train_epoch
+from mpsearch.api import (MAX_BITS, ModelProfile, MpsearchError, Param, PrecisionAssignment, SearchResult,
+                          SpecError, Strategy, assignment_from_model, hookimpl, quantize_model,
+                          quantized_layers, steps_per_epoch, train_epoch)
+
+from .quantizers import (CONV_STRUCTURES, ALQWeightQuantizer, MultiBitActivationQuantizer, choose_grouping,
+                         select_for_pruning)
 
 # The paper's LeNet-5 schedule in epochs (App. C.1): each round prunes for about one
 # epoch (App. B.1), then optimises bases for 10 and coordinates for 20; after the

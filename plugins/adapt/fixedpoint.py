@@ -28,10 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mpsearch.assignment import MAX_BITS, Bits
-from mpsearch.errors import MpsearchError
-from mpsearch.quant.integer import AffineGrid
-from mpsearch.quant.quantizers import Quantizer
+from mpsearch.api import MAX_BITS, AffineGrid, Bits, MpsearchError, Quantizer
 
 MAX_FL = MAX_BITS
 STRATEGIES = ("min", "mean", "max")

@@ -42,10 +42,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from mpsearch.assignment import MAX_BITS
-from mpsearch.hookspecs import hookimpl
-from mpsearch.objectives import BitTensors, Objective, group_sum
-from mpsearch.profile import ModelProfile
+from mpsearch.api import MAX_BITS, BitTensors, ModelProfile, Objective, group_sum, hookimpl
 
 FLOAT_BITS = MAX_BITS  # the float32 baseline's word length
 START_BITS = 8  # PushDown's bisection runs over 32 - 8 word lengths in (6)

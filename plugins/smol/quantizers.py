@@ -37,13 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mpsearch.assignment import MAX_BITS, Bits
-from mpsearch.errors import MpsearchError
-from mpsearch.quant.bitwidth import BitWidth, FixedBits
-from mpsearch.quant.functional import fake_quant
-from mpsearch.quant.granularity import bits_shape
-from mpsearch.quant.integer import OddGrid
-from mpsearch.quant.quantizers import PACTQuantizer, WidthQuantizer
+from mpsearch.api import (MAX_BITS, BitWidth, Bits, FixedBits, MpsearchError, OddGrid, PACTQuantizer,
+                          WidthQuantizer, bits_shape, fake_quant)
 
 LN2 = math.log(2.0)
 # s_init = -ln(2**(p - 1) - 1) lands log2(1 + e^-s) exactly on the integer p - 1,

@@ -33,10 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mpsearch.assignment import Bits
-from mpsearch.errors import MpsearchError
-from mpsearch.quant.integer import BinaryGrid, LevelsGrid
-from mpsearch.quant.quantizers import Quantizer
+from mpsearch.api import BinaryGrid, Bits, LevelsGrid, MpsearchError, Quantizer
 
 MIN_GROUP, MAX_GROUP = 32, 512  # Sec. 5.1: group sizes that trade error against storage well
 CONV_STRUCTURES = ("auto", "pixel", "kernel", "channel")

@@ -10,32 +10,15 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from mpsearch.plugins.objective_adapt import (
-    InferenceSpeedup,
-    LayerStep,
-    SizeRatio,
-    TrainingCostModel,
-)
 
-from mpsearch.assignment import MAX_BITS, PrecisionAssignment
-from mpsearch.errors import MpsearchError
-from mpsearch.hookspecs import hookimpl
-from mpsearch.quant import quantize_model, quantized_layers
-from mpsearch.quant.fixedpoint import (
-    STRATEGIES,
-    FixedPoint,
-    FixedPointQuantizer,
-    adapt_lookback,
-    adapt_resolution,
-    adapt_strategy,
-    gradient_diversity,
-    push_down,
-    push_up,
-    truncated_normal_variance_scaling_,
-)
-from mpsearch.spec import Param, SpecError
-from mpsearch.strategy import SearchResult, Strategy
-from mpsearch.training import TrialFailed, make_schedule, steps_per_epoch
+from mpsearch.api import (MAX_BITS, MpsearchError, Param, PrecisionAssignment, SearchResult, SpecError,
+                          Strategy, TrialFailed, hookimpl, make_schedule, quantize_model, quantized_layers,
+                          steps_per_epoch)
+
+from .fixedpoint import (STRATEGIES, FixedPoint, FixedPointQuantizer, adapt_lookback, adapt_resolution,
+                         adapt_strategy, gradient_diversity, push_down, push_up,
+                         truncated_normal_variance_scaling_)
+from .objective import InferenceSpeedup, LayerStep, SizeRatio, TrainingCostModel
 
 ROUNDING_SALT = 0x41644150  # "AdAP": stochastic rounding draws differ from the trial's own
 INTEGERS = ("lookback", "lookback_lower", "lookback_upper", "resolution", "resolution_lower",
@@ -108,7 +91,7 @@ class AdaptStrategy(Strategy):
     Figures 3-6), the overall sparsity, the number of precision switches, and the
     performance model's training cost, overhead, speed-up and memory against
     float32 training, inference speed-up and size ratio
-    (:mod:`mpsearch.plugins.objective_adapt`). Each epoch reports ``wl.<layer>``,
+    (:mod:`mpsearch.plugins.adapt.objective`). Each epoch reports ``wl.<layer>``,
     ``fl.<layer>``, ``sparsity.<layer>``, ``lookback.<layer>`` and
     ``resolution.<layer>``, the share of the epoch's steps under each PushUp strategy
     (``strategy_share.min`` etc.) and the strategy at its end (``strategy``: 0 min,
@@ -126,7 +109,7 @@ class AdaptStrategy(Strategy):
           (not only those below the current one): first the coarsest grid
           ``FL_min``, then the fewest word bits at that grid (the paper does not
           say how its bisection orders the two); its KL divergence adds half a
-          value to every bin (see :class:`mpsearch.quant.fixedpoint.BinnedReference`).
+          value to every bin (see :class:`mpsearch.plugins.adapt.fixedpoint.BinnedReference`).
           ``kl_threshold`` is our choice: the text asks for ``KL = 0``, which the
           binned divergence of a large layer reaches only near 20 fractional bits.
         - The gradient passes straight through the quantizer to the master copy,

@@ -10,18 +10,13 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from mpsearch.plugins.strategy_random import BUDGET_SLACK, Candidate, check_search_space
 from torch import nn
 
-from mpsearch.assignment import PrecisionAssignment
-from mpsearch.ddpg import DDPG, DDPGConfig
-from mpsearch.errors import MpsearchError
-from mpsearch.hookspecs import hookimpl
-from mpsearch.profile import ModelProfile
-from mpsearch.quant import (CALIBRATIONS, LinearQuantizer, quantize_at, quantized_layers, quantizers,
-                            restore_model)
-from mpsearch.spec import Param, SpecError
-from mpsearch.strategy import SearchResult, Strategy
+from mpsearch.api import (BUDGET_SLACK, CALIBRATIONS, Candidate, LinearQuantizer, ModelProfile, MpsearchError,
+                          Param, PrecisionAssignment, SearchResult, SpecError, Strategy, check_search_space,
+                          hookimpl, quantize_at, quantized_layers, quantizers, restore_model)
+
+from .ddpg import DDPG, DDPGConfig
 
 REWARD_SCALE = 0.1  # λ in HAQ's reward R = λ (acc_quant - acc_origin)
 BUFFER_PER_STEP = 128  # HAQ's replay buffer: 128 transitions per step of an episode
@@ -66,7 +61,7 @@ class RLStrategy(Strategy):
     ``finetune_epochs`` > 0 fine-tunes each candidate first on ``finetune_images``
     of the training split (HAQ's other variant; each then costs a training run).
     Every transition of the episode gets the reward, γ = 1, and the critic's target
-    subtracts a moving-average baseline (:mod:`mpsearch.ddpg`; HAQ took it from AMC).
+    subtracts a moving-average baseline (:mod:`mpsearch.plugins.rl.ddpg`; HAQ took it from AMC).
 
     The trial: ``episodes`` episodes run, the first ``warmup`` of them with uniformly
     random actions; the others act with the actor plus noise drawn from a normal
@@ -102,7 +97,7 @@ class RLStrategy(Strategy):
         calibration: fixed ``"mse"`` (least squared error), or ``"kl"`` (HAQ's
             KL divergence); how the linear quantizer's clips are chosen.
 
-    The agent (HAQ's defaults, :class:`~mpsearch.ddpg.DDPGConfig`): actor and
+    The agent (HAQ's defaults, :class:`~mpsearch.plugins.rl.ddpg.DDPGConfig`): actor and
     critic of 400 and 300 hidden units, Adam at 1e-4 (actor) and 1e-3 (critic),
     τ = 0.01, batches of 64, a buffer of 128 transitions per step, moving-average
     rate 0.5. It runs on the CPU whatever the trial's device, seeded from the
@@ -178,15 +173,7 @@ class RLStrategy(Strategy):
     def search(self, context, params: Mapping[str, Any]) -> SearchResult:
         """Run the agent's episodes from the trial's start; hand the best candidate's widths on."""
         p = self.resolve(params)
-        if not context.objectives:
-            raise MpsearchError("strategy 'rl' needs a cost objective for its budget; add one "
-                                "to [study] objectives.")
-        name = next(iter(context.objectives))
-        objective = context.objectives[name]
-        if objective.direction != "minimize":
-            raise MpsearchError(f"strategy 'rl' takes its budget from the study's first cost "
-                                f"objective, and {name!r} is maximised; list a minimised cost "
-                                f"(e.g. bitops) first in [study] objectives.")
+        name, objective = budget_objective(context)
         started, trained_before = time.perf_counter(), context.epochs_trained
         min_bits, max_bits = int(p["min_bits"]), int(p["max_bits"])
         profile = context.profile
@@ -237,8 +224,6 @@ class RLStrategy(Strategy):
         chosen = log[best].info[0]
         model = candidate_model(start, profile, table, chosen.assignment, family)
         episodes = [e for e in log if not e.greedy]
-        greedy = [e for e in log if e.greedy]
-        groups = step_groups(profile)
         attrs = {
             "budget": budget, "budget_fraction": float(p["budget"]), "budget_objective": name,
             "budget_unit": objective.unit, "reference_cost": reference, "reference_bits": max_bits,
@@ -250,23 +235,51 @@ class RLStrategy(Strategy):
             "search_seconds": search_seconds, "calibration_seconds": calibration_seconds,
             "agent_seconds": sum(e.agent_seconds for e in log),
             "seconds_per_episode": (search_seconds - calibration_seconds) / len(log),
-            "episode_reward": [e.reward for e in episodes],
-            "episode_accuracy": [e.info[1] for e in episodes],
-            "episode_cost": [e.info[0].cost for e in episodes],
-            "episode_weight_bits": [e.info[0].assignment.average_weight_bits() for e in episodes],
-            "episode_sigma": [e.sigma for e in episodes],
-            "greedy_episode": [e.episode for e in greedy],
-            "greedy_reward": [e.reward for e in greedy],
-            "greedy_accuracy": [e.info[1] for e in greedy],
-            "greedy_cost": [e.info[0].cost for e in greedy],
-            "search_widths": {
-                "step": "episode", "score_name": "reward",
-                "groups": {g: [int(e.info[0].assignment[g]) for e in episodes] for g in groups},
-                "score": [e.reward for e in episodes],
-                "best": None if log[best].greedy else log[best].episode,
-            },
+            **episode_record(log, log[best], step_groups(profile)),
         }
         return SearchResult(model, chosen.assignment, float(context.epochs), attrs)
+
+
+def budget_objective(context) -> tuple[str, Any]:
+    """The study's first cost objective (its name and itself), which the budget is a share of.
+
+    Raises:
+        MpsearchError: the study has no cost objective, or its first one is maximised.
+    """
+    if not context.objectives:
+        raise MpsearchError("strategy 'rl' needs a cost objective for its budget; add one "
+                            "to [study] objectives.")
+    name = next(iter(context.objectives))
+    objective = context.objectives[name]
+    if objective.direction != "minimize":
+        raise MpsearchError(f"strategy 'rl' takes its budget from the study's first cost "
+                            f"objective, and {name!r} is maximised; list a minimised cost "
+                            f"(e.g. bitops) first in [study] objectives.")
+    return name, objective
+
+
+def episode_record(log: Sequence[Episode], best: Episode, groups: Sequence[str]) -> dict[str, Any]:
+    """What the trial records of each episode: the exploring ones' rewards, accuracies, costs,
+    widths and noise, the greedy ones' apart, and the widths ``mpsearch study plot`` draws."""
+    episodes = [e for e in log if not e.greedy]
+    greedy = [e for e in log if e.greedy]
+    return {
+        "episode_reward": [e.reward for e in episodes],
+        "episode_accuracy": [e.info[1] for e in episodes],
+        "episode_cost": [e.info[0].cost for e in episodes],
+        "episode_weight_bits": [e.info[0].assignment.average_weight_bits() for e in episodes],
+        "episode_sigma": [e.sigma for e in episodes],
+        "greedy_episode": [e.episode for e in greedy],
+        "greedy_reward": [e.reward for e in greedy],
+        "greedy_accuracy": [e.info[1] for e in greedy],
+        "greedy_cost": [e.info[0].cost for e in greedy],
+        "search_widths": {
+            "step": "episode", "score_name": "reward",
+            "groups": {g: [int(e.info[0].assignment[g]) for e in episodes] for g in groups},
+            "score": [e.reward for e in episodes],
+            "best": None if best.greedy else best.episode,
+        },
+    }
 
 
 @dataclass
