@@ -9,7 +9,7 @@ the quantization engine).
 from __future__ import annotations
 
 from mpsearch.assignment import MAX_BITS, Bits, PrecisionAssignment, split_group
-from mpsearch.backend_objectives import BackendObjective, Energy, Latency, register_cost_objectives
+from mpsearch.backend_objectives import BackendObjective, Energy, Latency
 from mpsearch.backends import (ADD32_PJ, DRAM_PJ_PER_BIT, ENERGY_COLUMNS, FP16_ADD_PJ, FP16_MULT_PJ,
                                FP32_ADD_PJ, FP32_MULT_PJ, MULT_PJ_PER_BIT2, SRAM_PJ_PER_BIT, AnalyticBackend,
                                Backend, LayerWidths, WidestOperandBackend, energy_pj, mixed_mac_pj)
@@ -46,7 +46,6 @@ __all__ = [
     "BUDGET_SLACK", "Candidate", "check_search_space",
     # objectives
     "Objective", "group_sum", "weight_bits_total", "BackendObjective", "Latency", "Energy",
-    "register_cost_objectives",
     # backends
     "Backend", "AnalyticBackend", "WidestOperandBackend", "LayerWidths", "energy_pj", "mixed_mac_pj",
     "ENERGY_COLUMNS", "MULT_PJ_PER_BIT2", "ADD32_PJ", "FP16_MULT_PJ", "FP16_ADD_PJ", "FP32_MULT_PJ",

@@ -1,8 +1,8 @@
 """The cost objectives every backend offers: latency and energy, read off the backend's model.
 
-``latency`` and ``energy`` evaluate on the study's backend; a backend plugin registers
-``latency@<name>`` and ``energy@<name>``, bound to it, with
-:func:`register_cost_objectives`.
+``latency`` and ``energy`` evaluate on the study's backend. Every registered backend
+also offers ``latency@<name>`` and ``energy@<name>``, bound to it (:func:`cost_objectives`):
+the plugin host registers them, so a backend plugin registers only its backend.
 """
 
 from __future__ import annotations
@@ -145,12 +145,11 @@ class Energy(BackendObjective):
         return float(costs["energy_pj"].sum() / PJ_PER_UJ)
 
 
-def register_cost_objectives(register, name: str, backend: Backend) -> None:
-    """Register ``latency@<name>`` and ``energy@<name>``: the cost objectives bound to ``backend``.
+def cost_objectives(name: str, backend: Backend) -> dict[str, BackendObjective]:
+    """``latency@<name>`` and ``energy@<name>``: the cost objectives bound to ``backend``.
 
-    A backend plugin's ``register_objectives`` hook calls it with the name its
-    ``register_backends`` gave, so that gradient strategies can optimise the
-    backend's model in fractional widths (see :class:`BackendObjective`).
+    The plugin host registers them for every backend a plugin registers, under that
+    plugin's name, so that gradient strategies can optimise the backend's model in
+    fractional widths (see :class:`BackendObjective`).
     """
-    register(f"latency@{name}", Latency(backend, name))
-    register(f"energy@{name}", Energy(backend, name))
+    return {f"latency@{name}": Latency(backend, name), f"energy@{name}": Energy(backend, name)}

@@ -54,7 +54,8 @@ def register_backends(register: Callable[[str, Backend], None]) -> None:
     """Register accelerator backends.
 
     Call ``register(name, backend)`` with an instance of
-    :class:`mpsearch.backends.Backend`.
+    :class:`mpsearch.backends.Backend`. The host then registers the backend's own
+    ``latency@<name>`` and ``energy@<name>`` objectives, in this plugin's name.
     """
 
 

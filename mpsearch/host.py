@@ -209,6 +209,19 @@ class PluginHost:
                 except (Exception, SystemExit) as exc:  # noqa: BLE001
                     raise PluginError(f"plugin {impl.plugin_name!r} "
                                       f"{_failed(exc, f'in register_{attr}')}") from exc
+        self._register_cost_objectives()
+
+    def _register_cost_objectives(self) -> None:
+        """Every backend's ``latency@<name>`` and ``energy@<name>``, in its plugin's name.
+
+        The host registers them (:func:`mpsearch.backend_objectives.cost_objectives`), so
+        no backend plugin repeats the same two registrations.
+        """
+        from mpsearch.backend_objectives import cost_objectives
+
+        for entry in self.backends.entries():
+            for name, objective in cost_objectives(entry.name, entry.obj).items():
+                self.objectives.add(name, objective, entry.plugin)
 
     # -- typed wrappers around pm.hook -----------------------------------------------
 

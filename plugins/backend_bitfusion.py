@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mpsearch.api import MULT_PJ_PER_BIT2, AnalyticBackend, energy_pj, hookimpl, register_cost_objectives
+from mpsearch.api import MULT_PJ_PER_BIT2, AnalyticBackend, energy_pj, hookimpl
 
 WIDTHS = (2, 4, 8, 16)
 BRICK_BITS = 2
@@ -69,7 +69,3 @@ class BitFusionBackend(AnalyticBackend):
 def register_backends(register):
     register("bitfusion", BitFusionBackend())
 
-
-@hookimpl
-def register_objectives(register):
-    register_cost_objectives(register, "bitfusion", BitFusionBackend())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mpsearch.api import FP32_MULT_PJ, WidestOperandBackend, hookimpl, register_cost_objectives
+from mpsearch.api import FP32_MULT_PJ, WidestOperandBackend, hookimpl
 
 WIDTHS = (8, 32)
 BASELINE_BITS = 32  # fp32
@@ -46,7 +46,3 @@ class CpuInt8Backend(WidestOperandBackend):
 def register_backends(register):
     register("cpu-int8", CpuInt8Backend())
 
-
-@hookimpl
-def register_objectives(register):
-    register_cost_objectives(register, "cpu-int8", CpuInt8Backend())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mpsearch.api import FP16_MULT_PJ, WidestOperandBackend, hookimpl, register_cost_objectives
+from mpsearch.api import FP16_MULT_PJ, WidestOperandBackend, hookimpl
 
 WIDTHS = (4, 8, 16)
 BASELINE_BITS = 16  # fp16
@@ -52,7 +52,3 @@ class GpuBackend(WidestOperandBackend):
 def register_backends(register):
     register("gpu", GpuBackend())
 
-
-@hookimpl
-def register_objectives(register):
-    register_cost_objectives(register, "gpu", GpuBackend())

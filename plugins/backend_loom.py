@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mpsearch.api import MULT_PJ_PER_BIT2, AnalyticBackend, energy_pj, hookimpl, register_cost_objectives
+from mpsearch.api import MULT_PJ_PER_BIT2, AnalyticBackend, energy_pj, hookimpl
 
 BASELINE_BITS = 16
 
@@ -62,7 +62,3 @@ class LoomBackend(AnalyticBackend):
 def register_backends(register):
     register("loom", LoomBackend())
 
-
-@hookimpl
-def register_objectives(register):
-    register_cost_objectives(register, "loom", LoomBackend())

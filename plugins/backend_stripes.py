@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mpsearch.api import MULT_PJ_PER_BIT2, AnalyticBackend, energy_pj, hookimpl, register_cost_objectives
+from mpsearch.api import MULT_PJ_PER_BIT2, AnalyticBackend, energy_pj, hookimpl
 
 BASELINE_BITS = 16  # DaDianNao's fixed-point width, which Stripes keeps for weights and storage
 
@@ -70,7 +70,3 @@ class StripesBackend(AnalyticBackend):
 def register_backends(register):
     register("stripes", StripesBackend())
 
-
-@hookimpl
-def register_objectives(register):
-    register_cost_objectives(register, "stripes", StripesBackend())
