@@ -15,13 +15,31 @@ SHARED_DATASETS = ROOT.parent / "shared" / "datasets"
 UNPACKED = ROOT / ".data"  # ignored by git; unpacked once, reused by later runs
 
 
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def holds_both(root: Path) -> bool:
+    """Whether ``root`` holds the unpacked MNIST and CIFAR-10 (every class folder, both splits)."""
+    return (all((root / "MNIST" / "raw" / name).is_file() for name in MNIST_FILES)
+            and all(len([d for d in (root / "cifar10" / split).glob("*") if d.is_dir()]) == 10
+                    for split in ("train", "test")))
+
+
 @pytest.fixture(scope="session")
 def shared_datasets() -> Path:
     """A root holding MNIST (``MNIST/raw``) and CIFAR-10 (``cifar10/{train,test}``).
 
-    Unpacked from ``../shared/datasets`` once; the tests that need it skip when
-    that folder is absent (a user's checkout has no ``../shared``).
+    ``$MPSEARCH_DATA`` where it holds both; else unpacked from ``../shared/datasets``
+    into ``.data`` once (a ``.data`` that already holds both, e.g. a link to another
+    checkout's, is used as it is); the tests that need it skip when that folder is
+    absent (a user's checkout has no ``../shared``).
     """
+    given = os.environ.get("MPSEARCH_DATA")
+    if given and holds_both(Path(given)):
+        return Path(given)
+    if UNPACKED.is_dir() and holds_both(UNPACKED):  # unpacking takes minutes on 2 cores
+        return UNPACKED
     if not (SHARED_DATASETS / "unpack.py").is_file():
         pytest.skip(f"real datasets not found at {SHARED_DATASETS}")
     done = UNPACKED / ".unpacked"

@@ -13,7 +13,7 @@ from mpsearch.assignment import PrecisionAssignment
 from mpsearch.errors import AssignmentError
 from mpsearch.profile import profile_model
 from mpsearch.testing import tiny_profile
-from mpsearch.testing.strategies import assignments
+from mpsearch.testing.hypothesis import assignments
 
 PROFILE = tiny_profile()
 

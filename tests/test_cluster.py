@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.slow]  # a three-node cluster; test_study's Ray study is the fast path
 
 SPEC = """
 [study]

@@ -25,6 +25,7 @@ MODULE_FILE = EXAMPLE / "mpsearch_example_plugin" / "__init__.py"
 NAMES = ("example:lenet-300-100", "example:weight-kib")
 
 
+@pytest.mark.slow  # pip builds a wheel; test_an_installed_distribution_s_entry_point_is_loaded is the fast path
 def test_pip_installed_plugin_is_found_through_its_entry_point(tmp_path):
     # Build from a copy: an in-tree build leaves build/ and *.egg-info in examples/.
     source = shutil.copytree(EXAMPLE, tmp_path / "src")
@@ -50,6 +51,23 @@ def test_pip_installed_plugin_is_found_through_its_entry_point(tmp_path):
     plugins = json.loads(out.stdout.strip().splitlines()[-1])
     expected = "mpsearch-example-plugin (mpsearch_example_plugin)"
     assert plugins == {"model": expected, "objective": expected}
+
+
+def test_an_installed_distribution_s_entry_point_is_loaded(tmp_path, monkeypatch):
+    """What pip leaves, written by hand: a ``.dist-info`` naming the entry point, found on sys.path."""
+    info = tmp_path / "mpsearch_example_plugin-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mpsearch-example-plugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[mpsearch]\nexample = mpsearch_example_plugin\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.syspath_prepend(str(EXAMPLE))
+    try:
+        host = PluginHost()
+        expected = "mpsearch-example-plugin (mpsearch_example_plugin)"
+        assert host.models.entry(NAMES[0]).plugin == expected
+        assert host.objectives.entry(NAMES[1]).plugin == expected
+    finally:
+        sys.modules.pop("mpsearch_example_plugin", None)
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from mpsearch.host import PluginHost
 from mpsearch.models import model_profile
 from mpsearch.profile import LayerProfile, ModelProfile
 from mpsearch.testing.objectives import FIXTURE_OK, PROFILE, ObjectiveTestCase
-from mpsearch.testing.strategies import assignments, raised
+from mpsearch.testing.hypothesis import assignments, raised
 
 LOG2_24 = 4.584962500721156  # log2(32 - 8) in Eq. (6)
 

@@ -2,7 +2,8 @@
 
 - :func:`tiny_model` / :func:`tiny_profile`: a small network with every kind of
   quantizable layer (convolution, grouped, depthwise, linear).
-- :mod:`mpsearch.testing.strategies`: Hypothesis strategies for assignments.
+- :mod:`mpsearch.testing.hypothesis`: Hypothesis strategies that draw assignments (not search
+  strategies: those have :mod:`~mpsearch.testing.strategies_suite`).
 - :class:`~mpsearch.testing.strategies_suite.StrategyTestCase`,
   :class:`~mpsearch.testing.objectives.ObjectiveTestCase`,
   :class:`~mpsearch.testing.backends.BackendTestCase`: subclass them in a plugin's

@@ -11,7 +11,7 @@ from mpsearch.assignment import PrecisionAssignment
 from mpsearch.backends import Backend
 from mpsearch.errors import AssignmentError
 from mpsearch.testing import tiny_profile
-from mpsearch.testing.strategies import assignments, raised
+from mpsearch.testing.hypothesis import assignments, raised
 
 PROFILE = tiny_profile()
 # The plugin fixtures are stateless objects, so sharing them across examples (and across

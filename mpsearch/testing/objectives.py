@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from mpsearch.assignment import PrecisionAssignment
 from mpsearch.objectives import Objective
 from mpsearch.testing import tiny_profile
-from mpsearch.testing.strategies import assignments, raised
+from mpsearch.testing.hypothesis import assignments, raised
 
 PROFILE = tiny_profile()
 # The plugin fixtures are stateless objects, so sharing them across examples (and across

@@ -1,4 +1,5 @@
-"""Hypothesis strategies for precision assignments on a profile."""
+"""Hypothesis strategies that draw precision assignments on a profile (the conformance suite
+for search strategies is :mod:`mpsearch.testing.strategies_suite`)."""
 
 from __future__ import annotations
 
