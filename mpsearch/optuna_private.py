@@ -4,7 +4,7 @@ mpsearch needs a few things neither library offers publicly: a study's storage
 and id (to lock it and to fail its stale trials), a trial's storage id, the
 ``RDBStorage`` behind the cache a ``Study`` wraps it in, Optuna's heartbeat
 table, and the trials and study that Ray's ``OptunaSearch`` keeps. Each access
-is one function here with one test in ``tests/test_optuna_private.py``, and
+is one function here with one test in ``tests/host/test_optuna_private.py``, and
 ``pyproject.toml`` pins ``optuna>=5,<6`` and ``ray[tune]>=2.60,<3``, so an
 upgrade that moves one of them fails in one place. Nothing here imports Optuna
 or Ray at import time.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import optuna
@@ -16,39 +15,7 @@ from mpsearch.spec import load_spec
 from mpsearch.study import create_study, run_study, stored_spec
 from mpsearch.record import ATTR_WEIGHT_BITS
 
-TOY = Path(__file__).with_name("toy_plugin.py")
-
-
-def toy_spec(tmp_path: Path, name: str = "toy", n_trials: int = 3, executor: str = "local",
-             extra: str = "", space: str = "", concurrent: int = 1, plugins: bool = True) -> Path:
-    """A study of the toy strategy; ``plugins=False`` leaves the toy plugin out of the spec
-    (it is then given with --plugin)."""
-    path = tmp_path / f"{name}.toml"
-    path.write_text(textwrap.dedent(f"""\
-        {f'plugins = ["{TOY}"]' if plugins else ''}
-        [study]
-        name = "{name}"
-        objectives = ["accuracy", "bitops"]
-        sampler = "random"
-        n_trials = {n_trials}
-        seed = 3
-        [model]
-        name = "lenet5"
-        [data]
-        name = "mnist-mini"
-        train_subset = 1000
-        [training]
-        epochs = 1
-        batch_size = 100
-        [[strategy]]
-        name = "toy"
-        {space}
-        [resources]
-        executor = "{executor}"
-        max_concurrent = {concurrent}
-        """) + extra)
-    return path
-
+from helpers import TOY, toy_spec
 
 @pytest.fixture
 def host():
@@ -271,7 +238,7 @@ def test_enqueued_points_run_first_and_the_spec_keeps_them(tmp_path, host):
     assert stored_spec(optuna.load_study(study_name="toy", storage=url(tmp_path)), host).strategies == spec.strategies
 
 
-@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "studies").glob("*.toml")),
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[2] / "studies").glob("*.toml")),
                          ids=lambda p: p.stem)
 def test_every_shipped_study_spec_parses_and_is_named_after_its_file(path):
     spec = load_spec(path, PluginHost(entry_points=False))

@@ -13,7 +13,7 @@ from mpsearch.cli import cli
 from mpsearch.host import PluginHost
 from mpsearch.spec import load_spec
 
-QUICKSTART = Path(__file__).resolve().parents[1] / "studies" / "quickstart.toml"
+QUICKSTART = Path(__file__).resolve().parents[2] / "studies" / "quickstart.toml"
 
 
 def test_the_quickstart_names_every_strategy_mpsearch_ships():

@@ -19,7 +19,7 @@ class TestRayExecutor(ExecutorTestCase):
     executor = "ray"
 
 
-POOL = str(Path(__file__).with_name("executor_pool_plugin.py"))
+POOL = str(Path(__file__).resolve().parents[1] / "executor_pool_plugin.py")
 
 
 class TestPoolExecutorPlugin(ExecutorTestCase):

@@ -73,7 +73,7 @@ def test_width_metrics_read_every_quantizer_fractional_while_learned():
 
 @pytest.fixture(scope="module")
 def toy_host():
-    from test_study import TOY
+    from helpers import TOY
 
     from mpsearch.host import PluginHost
 
@@ -81,7 +81,7 @@ def toy_host():
 
 
 def test_a_trial_whose_model_collapsed_fails_and_its_history_keeps_the_widths(tmp_path, toy_host):
-    from test_study import toy_spec
+    from helpers import toy_spec
 
     from mpsearch.spec import load_spec
     from mpsearch.record import ATTR_FAIL, ATTR_HISTORY

@@ -40,15 +40,14 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
-from test_cli import run
-from test_study import TOY, toy_spec
+from helpers import TOY, run, toy_spec
 
 from mpsearch.host import PluginHost
 from mpsearch.spec import load_spec
 from mpsearch.storage import STUDY_ID_ATTR, study_dir
 from mpsearch.study import create_study, run_study
 
-BAD_PLUGINS = Path(__file__).with_name("bad_plugins")
+BAD_PLUGINS = Path(__file__).resolve().parents[1] / "bad_plugins"
 FLAKY = BAD_PLUGINS / "flaky.py"
 BASE = "base"  # the study every case must leave as it was
 ENV = {**os.environ, "MPSEARCH_COMPILE": "off"}

@@ -24,7 +24,7 @@ from mpsearch.plugins.dataset_imagefolder import ImageFolderSource
 from mpsearch.plugins.dataset_mnist import MNISTSource
 from mpsearch.plugins.dataset_mnist_mini import MNISTMiniSource, embedded_arrays
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHARED_MNIST = ROOT.parent / "shared" / "datasets" / "mnist"
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 

@@ -14,7 +14,7 @@ from mpsearch.errors import DuplicateNameError, PluginError, UnknownNameError
 from mpsearch.host import DEFAULT_PLUGINS, PluginHost
 from mpsearch.objectives import Objective
 
-TESTS = Path(__file__).parent
+TESTS = Path(__file__).resolve().parents[1]  # the support files: toy and bad plugins
 
 
 class Halved(Objective):

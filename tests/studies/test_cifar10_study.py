@@ -20,7 +20,7 @@ from mpsearch.spec import load_spec, parse_spec
 from mpsearch.execution.space import STRATEGY_PARAM, define_space
 from mpsearch.study import create_study, run_study
 
-SPEC = Path(__file__).resolve().parents[1] / "studies" / "cifar10-resnet20.toml"
+SPEC = Path(__file__).resolve().parents[2] / "studies" / "cifar10-resnet20.toml"
 
 
 @pytest.fixture

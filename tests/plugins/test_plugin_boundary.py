@@ -10,7 +10,7 @@ import pytest
 
 import mpsearch.api
 
-PLUGINS = Path(__file__).resolve().parent.parent / "plugins"
+PLUGINS = Path(__file__).resolve().parents[2] / "plugins"
 FACE = "mpsearch.api"
 
 

@@ -9,9 +9,7 @@ from click.testing import CliRunner
 
 from mpsearch.cli import cli
 
-
-def run(*args: str):
-    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+from helpers import run
 
 
 @pytest.fixture(autouse=True)

@@ -27,7 +27,7 @@ from mpsearch.storage import load_study, open_storage, study_lock
 from mpsearch.study import create_study, run_study, stored_spec
 from mpsearch.trial import run_trial
 
-TOY = Path(__file__).with_name("toy_plugin.py")
+TOY = Path(__file__).resolve().parents[1] / "toy_plugin.py"
 
 
 @pytest.fixture

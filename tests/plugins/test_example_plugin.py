@@ -19,7 +19,7 @@ from mpsearch.host import PluginHost
 from mpsearch.models import ModelSpec, model_profile
 from mpsearch.objectives import Objective
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "mpsearch-example-plugin"
 MODULE_FILE = EXAMPLE / "mpsearch_example_plugin" / "__init__.py"
 NAMES = ("example:lenet-300-100", "example:weight-kib")

@@ -21,7 +21,7 @@ from mpsearch.float_start import CHECKPOINT_DIR, FLOAT_START_ATTR
 from mpsearch.weights import FLOAT_START_FILE, sha256_file
 from mpsearch.strategy import START_FLOAT
 
-TOY = Path(__file__).with_name("toy_plugin.py")
+TOY = Path(__file__).resolve().parents[1] / "toy_plugin.py"
 
 
 def write_spec(folder: Path, name: str, *, weights: str | None = None, pretrain: int = 0,
