@@ -104,7 +104,7 @@ def ensure_float_start(study, spec, host, artefacts: Path,
     import optuna
 
     from mpsearch.optuna_private import study_id, study_storage
-    from mpsearch.storage import study_lock
+    from mpsearch.execution.lock import study_lock
 
     say = say or (lambda message: None)
     with study_lock(study_storage(study), study_id(study)):

@@ -37,6 +37,7 @@ from mpsearch.execution.progress import Progress
 from mpsearch.execution.space import STRATEGY_PARAM, make_sampler
 from mpsearch.float_start import ensure_float_start
 from mpsearch.optuna_private import study_id, study_storage
+from mpsearch.execution.lock import study_lock
 from mpsearch.spec import StudySpec, parse_spec
 from mpsearch.storage import (
     OBJECTIVES_ATTR,
@@ -48,7 +49,6 @@ from mpsearch.storage import (
     new_study_id,
     open_storage,
     shown_url,
-    study_lock,
 )
 
 RUNS = "runs"  # one record per `run`: executor, trials, wall seconds, Ray start-up seconds

@@ -7,7 +7,8 @@
   :mod:`~mpsearch.execution.builtin`; plugins add more with ``register_executors``.
 - :mod:`~mpsearch.execution.driver`: claims, orphans and re-queues;
   :mod:`~mpsearch.execution.heartbeat`: which trials still have a live driver.
-- :mod:`~mpsearch.execution.tell`: the one path by which a result reaches the study.
+- :mod:`~mpsearch.execution.tell`: the one path by which a result reaches the study;
+  :mod:`~mpsearch.execution.lock`: the study's lock it and the driver hold.
 - :mod:`~mpsearch.execution.space`: the sampler and the define-by-run search space;
   :mod:`~mpsearch.execution.progress`: the live progress line.
 

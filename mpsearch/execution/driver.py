@@ -8,7 +8,7 @@ from one machine on SQLite, or from several machines on PostgreSQL. Either way:
   own, and RUNNING trials of live drivers. A trial failed because its driver died
   is not counted; its parameters are re-queued instead.
 - **Claims are serialised.** A driver counts and claims its next trial while it
-  holds the study's lock (:func:`mpsearch.storage.study_lock`). It claims only
+  holds the study's lock (:func:`mpsearch.execution.lock.study_lock`). It claims only
   while the count is below the target, and the claimed trial is RUNNING, with a
   heartbeat, before the lock is released. So drivers together claim exactly
   ``n_trials`` counted trials. A queued point (an ``enqueue`` baseline, a re-queued
@@ -65,7 +65,7 @@ from mpsearch.record import ATTR_GAVE_UP as GAVE_UP
 from mpsearch.record import ATTR_ORPHAN as ORPHAN
 from mpsearch.record import ATTR_RETRY_OF as RETRY_OF
 from mpsearch.record import SYSTEM_DRIVER as DRIVER_ATTR
-from mpsearch.storage import study_lock
+from mpsearch.execution.lock import study_lock
 
 DEFAULT_MAX_RETRIES = 2
 
@@ -92,7 +92,7 @@ def reconcile(study, grace: float = DEFAULT_GRACE,
               max_retries: int = DEFAULT_MAX_RETRIES) -> list[int]:
     """Fail the RUNNING trials whose driver is gone (stale heartbeat), and re-queue their parameters.
 
-    Call it holding the study's lock (:func:`mpsearch.storage.study_lock`).
+    Call it holding the study's lock (:func:`mpsearch.execution.lock.study_lock`).
 
     Args:
         grace: the grace period for trials that do not carry their own.

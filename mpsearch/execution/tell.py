@@ -24,7 +24,7 @@ from typing import Any, Literal, NamedTuple
 
 from mpsearch.optuna_private import study_id, study_storage
 from mpsearch.record import ATTR_FAIL, json_safe
-from mpsearch.storage import study_lock
+from mpsearch.execution.lock import study_lock
 
 NO_REASON = "the trial failed without a reason"
 

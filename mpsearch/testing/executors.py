@@ -148,7 +148,7 @@ class _Stale(threading.Thread):
 
         from mpsearch.execution.driver import orphan
         from mpsearch.optuna_private import study_id, study_storage, trial_id
-        from mpsearch.storage import study_lock
+        from mpsearch.execution.lock import study_lock
 
         while not self.done.is_set() and self.failed is None:
             study = optuna.load_study(study_name=self.name, storage=self.url)

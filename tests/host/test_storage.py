@@ -23,7 +23,8 @@ from mpsearch.errors import MpsearchError
 from mpsearch.execution.heartbeat import GRACE_ATTR, Heartbeat, stale_trials
 from mpsearch.host import PluginHost
 from mpsearch.spec import load_spec
-from mpsearch.storage import load_study, open_storage, study_lock
+from mpsearch.execution.lock import study_lock
+from mpsearch.storage import load_study, open_storage
 from mpsearch.study import create_study, run_study, stored_spec
 from mpsearch.trial import run_trial
 
