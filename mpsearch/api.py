@@ -15,6 +15,9 @@ from mpsearch.backends import (ADD32_PJ, DRAM_PJ_PER_BIT, ENERGY_COLUMNS, FP16_A
                                Backend, LayerWidths, WidestOperandBackend, energy_pj, mixed_mac_pj)
 from mpsearch.candidates import BUDGET_SLACK, Candidate, check_search_space
 from mpsearch.data import SPLITS, DatasetSource, ImageData, channel_stats
+from mpsearch.execution import Execution, Executor
+from mpsearch.execution.job import TrialJob, run_job
+from mpsearch.execution.space import define_space
 from mpsearch.errors import AssignmentError, DatasetError, MpsearchError, PluginError, UnknownNameError
 from mpsearch.hookspecs import hookimpl
 from mpsearch.image_folder import list_image_folder, read_image_folder, streamed_stats
@@ -61,6 +64,8 @@ __all__ = [
     "quantize_model", "quantized_layers", "quantizers", "restore_model",
     # integer forms a quantizer declares for export
     "IntegerForm", "AffineGrid", "OddGrid", "BinaryGrid", "LevelsGrid",
+    # executors: where trials run
+    "Executor", "Execution", "TrialJob", "run_job", "define_space",
     # training and sensitivity helpers
     "make_schedule", "steps_per_epoch", "train_epoch", "layer_sensitivity",
 ]

@@ -11,10 +11,7 @@ from __future__ import annotations
 import multiprocessing
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-from mpsearch import hookimpl
-from mpsearch.execution import Execution, Executor
-from mpsearch.execution.job import TrialJob, run_job
-from mpsearch.execution.space import define_space
+from mpsearch.api import Execution, Executor, TrialJob, define_space, hookimpl, run_job
 
 
 class PoolExecutor(Executor):
