@@ -158,7 +158,7 @@ def test_every_hook_is_documented_and_tested():
     hooks = [n for n, f in inspect.getmembers(hookspecs, inspect.isfunction)
              if n.startswith(("register_", "on_"))]
     assert len(hooks) == 10
-    tests_text = "\n".join(p.read_text() for p in TESTS.glob("test_*.py"))
+    tests_text = "\n".join(p.read_text() for p in TESTS.rglob("test_*.py"))
     for name in hooks:
         assert (getattr(hookspecs, name).__doc__ or "").strip(), f"hook {name} has no docstring"
         assert re.search(rf"\b{name}\b", tests_text), f"hook {name} is not exercised by any test"
