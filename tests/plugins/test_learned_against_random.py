@@ -21,6 +21,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from mpsearch.float_start import make_float_start
 from mpsearch.host import PluginHost
@@ -40,6 +41,10 @@ LEARNED = {
     "alq": [{"target_bits": b, "rounds": 2, "prune_ratio": 0.3, "i_max": 6, "activation_bits": 0}
             for b in (0.5, 1.0, 2.0)],
 }
+# Intra-op threads change the order of float sums, and so what a trial learns: the points are
+# computed at a fixed count (the 2 cores of the machines the figures above come from), not at
+# whatever count an earlier test's trial left the process at.
+THREADS = 2
 # ALQ's multi-bit weights are priced by storage (Eq. 26) with float activations: it is
 # compared on size, the others on BitOPs.
 OBJECTIVE = {"alq": "size"}
@@ -56,6 +61,14 @@ def _spec(root: Path, objective: str, weights: str | None = None, pretrain: int 
         "strategy": [{"name": "uniform"}],
         "resources": {"executor": "local"},
     })
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _fixed_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
